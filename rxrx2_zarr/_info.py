@@ -1,0 +1,103 @@
+"""``info``: what a store holds, what it costs on disk, and how that compares with its source."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ._storage import StoreIO
+from ._verify import _read_index, _root_attrs
+
+__all__ = ["InfoReport", "info"]
+
+
+@dataclass(frozen=True)
+class InfoReport:
+    url: str
+    attrs: Mapping[str, Any]
+    per_plate: pd.DataFrame
+    objects: int
+    bytes_on_disk: int
+    shard_objects: int
+    shard_bytes: int
+
+    @property
+    def source_png_bytes(self) -> int:
+        return int(self.attrs.get("source", {}).get("png_bytes") or 0)
+
+    @property
+    def ratio(self) -> float:
+        return self.shard_bytes / self.source_png_bytes if self.source_png_bytes else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "complete": self.attrs.get("complete"),
+            "pixels": self.attrs.get("pixels"),
+            "counts": self.attrs.get("counts"),
+            "options": self.attrs.get("options"),
+            "plates": self.per_plate.to_dict(orient="records"),
+            "objects": self.objects,
+            "bytes_on_disk": self.bytes_on_disk,
+            "shard_objects": self.shard_objects,
+            "shard_bytes": self.shard_bytes,
+            "source_png_bytes": self.source_png_bytes,
+            "source_png_files": self.attrs.get("source", {}).get("png_files"),
+            "ratio_to_png": None if self.ratio != self.ratio else self.ratio,
+            "skipped": self.attrs.get("skipped", []),
+        }
+
+    def summary(self) -> str:
+        counts = self.attrs.get("counts", {})
+        options = self.attrs.get("options", {})
+        lines = [
+            f"{self.url}: rxrx2-zarr layout {self.attrs.get('layout_version')}, "
+            f"{'complete' if self.attrs.get('complete') else 'INCOMPLETE (run convert --resume)'}"
+            f"{'' if self.attrs.get('pixels', True) else ', no pixels'}",
+            f"  {counts.get('sites', 0)} sites, {counts.get('wells', 0)} wells, {counts.get('plates', 0)} plates, "
+            f"{counts.get('experiments', 0)} experiments; sites {options.get('height')}x{options.get('width')} x 6 channels",
+            f"  profile {options.get('profile')}, inner chunks {options.get('inner_chunks')}, "
+            f"embeddings {counts.get('embedding_dim', 0)}-dim ({counts.get('embeddings_missing', 0)} missing)",
+            f"  on disk: {self.bytes_on_disk / 1e6:,.1f} MB in {self.objects:,} objects "
+            f"({self.shard_objects:,} site shards, {self.shard_bytes / 1e6:,.1f} MB)",
+        ]
+        if self.source_png_bytes:
+            files = self.attrs.get("source", {}).get("png_files", 0)
+            lines.append(
+                f"  source: {self.source_png_bytes / 1e6:,.1f} MB in {files:,} PNG files; shards are {self.ratio:.3f}x "
+                f"the PNG bytes, {files / max(self.shard_objects, 1):.1f} PNG files per stored object"
+            )
+        if self.attrs.get("skipped"):
+            lines.append(f"  skipped at conversion: {len(self.attrs['skipped'])} site(s)")
+        lines.append("  per plate:")
+        lines.extend(
+            f"    {r.experiment} plate {r.plate}: {r.wells} wells, {r.sites} sites, {r.empty_sites} EMPTY sites"
+            for r in self.per_plate.itertuples()
+        )
+        return "\n".join(lines)
+
+
+def info(url: str, storage_options: Mapping[str, Any] | None = None) -> InfoReport:
+    store = StoreIO(url, storage_options)
+    attrs = _root_attrs(store)
+    index = _read_index(store)
+    per_plate = (
+        index.assign(empty=index["treatment"] == "EMPTY")
+        .groupby(["experiment", "plate"], sort=False)
+        .agg(wells=("well_id", "nunique"), sites=("site_id", "size"), empty_sites=("empty", "sum"))
+        .reset_index()
+    )
+    listing = store.find(detail=True)
+    shards = {k: v for k, v in listing.items() if k.endswith("/c/0/0/0") and not k.startswith(("index/", "embeddings/"))}
+    return InfoReport(
+        url=url,
+        attrs=attrs,
+        per_plate=per_plate,
+        objects=len(listing),
+        bytes_on_disk=sum(listing.values()),
+        shard_objects=len(shards),
+        shard_bytes=sum(shards.values()),
+    )

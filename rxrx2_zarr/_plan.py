@@ -1,0 +1,281 @@
+"""Planning a conversion: everything that can be checked before a pixel is written.
+
+The plan reads ``metadata.csv`` (and ``embeddings.csv``), lists the source images once, and checks that every
+selected site has its six PNGs and that the image size is known from a PNG header. A bad dataset therefore
+fails in seconds, not hours into a run. Planning never writes anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from ._errors import MetadataError, SourceError
+from ._layout import site_paths
+from ._paths import CHANNELS, PathGrammarError, SiteKey, WellAddress, parse_image_path
+from ._png import HEADER_BYTES, check_header, read_png_header
+from ._schema import EMBEDDINGS_NAMES, METADATA_NAMES, align_embeddings, load_embeddings, validate_metadata
+from ._storage import StoreIO
+
+__all__ = ["ConversionPlan", "SiteItem", "Skip", "make_plan"]
+
+MAX_LISTED = 20
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A site left out of the store, and why (recorded in the report and the root attributes)."""
+
+    site_id: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"site_id": self.site_id, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class SiteItem:
+    """What one conversion task needs to know about its site (small: it is shipped to workers)."""
+
+    position: int
+    site_id: str
+    site: int
+    group: str
+    array: str
+    shard: str
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    """The sites to convert (in store order) and what is known about the source before conversion."""
+
+    src: str
+    sites: pd.DataFrame
+    """Validated metadata rows of the selected sites, sorted in store order, with row/column/path columns."""
+    items: tuple[SiteItem, ...]
+    size: tuple[int, int]
+    embeddings: npt.NDArray[np.float32] | None
+    embedding_features: tuple[str, ...]
+    metadata_file: str
+    metadata_sha256: str
+    png_bytes: Mapping[str, int]
+    """Size of every source image of the selected sites, by relative path."""
+    skipped: tuple[Skip, ...] = ()
+    extra_files: int = 0
+    embeddings_missing: int = 0
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def total_png_bytes(self) -> int:
+        return int(sum(self.png_bytes.values()))
+
+
+def _read_text_frame(src: StoreIO, name: str) -> tuple[pd.DataFrame, bytes]:
+    import io
+
+    raw = src.read(name)
+    try:
+        frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise MetadataError(f"{name}: not a readable CSV: {exc}") from None
+    return frame, raw
+
+
+def _first_existing(src: StoreIO, names: Sequence[str]) -> str | None:
+    for name in names:
+        if src.exists(name):
+            return name
+    return None
+
+
+def store_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sort sites in the store's fixed order: experiment, plate, well row, well column, site."""
+    wells = [WellAddress.parse(w) for w in frame["well"]]
+    out = frame.assign(
+        row=[w.row for w in wells],
+        column=[w.column_name for w in wells],
+        _row_index=[w.row_index for w in wells],
+        _column_index=[w.column for w in wells],
+    )
+    out = out.sort_values(["experiment", "plate", "_row_index", "_column_index", "site"], kind="stable")
+    return out.drop(columns=["_row_index", "_column_index"]).reset_index(drop=True)
+
+
+def make_plan(
+    src_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    experiments: Sequence[str] | None = None,
+    plates: Sequence[int] | None = None,
+    limit: int | None = None,
+    on_error: str = "fail",
+    need_pixels: bool = True,
+) -> ConversionPlan:
+    """Validate the source and build the plan. ``on_error="skip"`` turns per-site problems into skips."""
+    src = StoreIO(src_url, storage_options)
+    if not src.root_exists():
+        raise SourceError(f"{src_url}: source directory does not exist")
+    metadata_name = _first_existing(src, METADATA_NAMES)
+    if metadata_name is None:
+        raise SourceError(f"{src_url}: no {' or '.join(METADATA_NAMES)} found (expected RxRx2's metadata file)")
+    raw_frame, raw_bytes = _read_text_frame(src, metadata_name)
+    metadata = validate_metadata(raw_frame, source=metadata_name)
+    _check_well_consistency(metadata, metadata_name)
+
+    selected = metadata
+    if experiments:
+        unknown = sorted(set(experiments) - set(metadata["experiment"]))
+        if unknown:
+            raise MetadataError(f"{metadata_name}: no such experiment(s) {unknown}; present: {sorted(set(metadata['experiment']))}")
+        selected = selected[selected["experiment"].isin(list(experiments))]
+    if plates:
+        selected = selected[selected["plate"].isin([int(p) for p in plates])]
+    selected = store_order(selected)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be a positive number of sites, got {limit}")
+        selected = selected.iloc[:limit].reset_index(drop=True)
+    if selected.empty:
+        raise MetadataError(f"{metadata_name}: the selection (experiments={experiments}, plates={plates}) has no sites")
+
+    skipped: list[Skip] = []
+    warnings: list[str] = []
+    png_sizes: dict[str, int] = {}
+    extra_files = 0
+    keys = [
+        SiteKey(e, int(p), WellAddress.parse(w), int(s))
+        for e, p, w, s in zip(selected["experiment"], selected["plate"], selected["well"], selected["site"], strict=True)
+    ]
+    if need_pixels:
+        listing = src.find("images", detail=True)
+        all_site_ids = set(metadata["site_id"])
+        orphans: list[str] = []
+        for key in listing:
+            try:
+                image = parse_image_path(key)
+            except PathGrammarError:
+                extra_files += 1  # not an RxRx2 image name: ignored, counted
+                continue
+            if image.channel not in CHANNELS:
+                extra_files += 1
+                continue
+            if image.site_key.site_id not in all_site_ids:
+                orphans.append(key)
+        if orphans:
+            message = (
+                f"{len(orphans)} image(s) have no row in {metadata_name}, e.g. "
+                + ", ".join(orphans[:MAX_LISTED])
+            )
+            if on_error == "fail":
+                raise SourceError(f"{src_url}: {message}")
+            warnings.append(message)
+        missing_problems: list[str] = []
+        bad_sites: set[str] = set()
+        for key in keys:
+            for path in key.image_paths():
+                if path in listing:
+                    png_sizes[path] = listing[path]
+                else:
+                    missing_problems.append(f"{key.site_id}: missing image {path}")
+                    bad_sites.add(key.site_id)
+        if missing_problems:
+            if on_error == "fail":
+                listed = "\n  ".join(missing_problems[:MAX_LISTED])
+                more = f"\n  ... and {len(missing_problems) - MAX_LISTED} more" if len(missing_problems) > MAX_LISTED else ""
+                raise SourceError(f"{src_url}: {len(missing_problems)} image(s) missing:\n  {listed}{more}")
+            reasons: dict[str, list[str]] = {}
+            for problem in missing_problems:
+                site_id, _, what = problem.partition(": ")
+                reasons.setdefault(site_id, []).append(what)
+            skipped.extend(Skip(s, "; ".join(r)) for s, r in reasons.items())
+        keep = ~selected["site_id"].isin(bad_sites)
+        selected = selected[keep].reset_index(drop=True)
+        keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
+        for path in [p for p in png_sizes if parse_image_path(p).site_key.site_id in bad_sites]:
+            del png_sizes[path]
+        if not keys:
+            raise SourceError(f"{src_url}: no site of the selection has all six images")
+        size = _image_size(src, keys[0].image_paths()[0])
+    else:
+        size = _image_size_or_default(src, keys)
+
+    embeddings, features, missing_embeddings = _embeddings(src, metadata, selected, on_error, warnings)
+    items = tuple(
+        SiteItem(i, k.site_id, k.site, p.site, p.array, p.shard, tuple(k.image_paths()))
+        for i, (k, p) in enumerate((k, site_paths(k)) for k in keys)
+    )
+    selected = selected.assign(path=[item.array for item in items])
+    return ConversionPlan(
+        src=src_url,
+        sites=selected,
+        items=items,
+        size=size,
+        embeddings=embeddings,
+        embedding_features=features,
+        metadata_file=metadata_name,
+        metadata_sha256=hashlib.sha256(raw_bytes).hexdigest(),
+        png_bytes=png_sizes,
+        skipped=tuple(skipped),
+        extra_files=extra_files,
+        embeddings_missing=missing_embeddings,
+        warnings=tuple(warnings),
+    )
+
+
+def _check_well_consistency(metadata: pd.DataFrame, source: str) -> None:
+    """A well holds one treatment at one concentration; an experiment one cell type."""
+    problems = []
+    per_well = metadata.groupby("well_id", sort=False).agg(
+        treatments=("treatment", "nunique"), concs=("treatment_conc", lambda s: s.fillna(-1.0).nunique())
+    )
+    for well_id in per_well.index[(per_well["treatments"] > 1) | (per_well["concs"] > 1)]:
+        rows = metadata[metadata["well_id"] == well_id]
+        problems.append(
+            f"well_id {well_id!r}: sites disagree on treatment/treatment_conc "
+            f"({sorted(set(zip(rows['treatment'], rows['treatment_conc'].astype(str), strict=True)))})"
+        )
+    per_experiment = metadata.groupby("experiment")["cell_type"].nunique()
+    for experiment in per_experiment.index[per_experiment > 1]:
+        problems.append(f"experiment {experiment!r}: more than one cell_type")
+    if problems:
+        raise MetadataError(f"{source}: " + "; ".join(problems[:MAX_LISTED]))
+
+
+def _image_size(src: StoreIO, path: str) -> tuple[int, int]:
+    header = read_png_header(src.read_range(path, 0, HEADER_BYTES), path)
+    check_header(header, path, None)
+    return header.height, header.width
+
+
+def _image_size_or_default(src: StoreIO, keys: Sequence[SiteKey]) -> tuple[int, int]:
+    """Without pixels, take the size from the first image if the tree has one, else RxRx2's 1024 x 1024."""
+    first = keys[0].image_paths()[0]
+    if src.exists(first):
+        return _image_size(src, first)
+    return (1024, 1024)
+
+
+def _embeddings(
+    src: StoreIO, metadata: pd.DataFrame, selected: pd.DataFrame, on_error: str, warnings: list[str]
+) -> tuple[npt.NDArray[np.float32] | None, tuple[str, ...], int]:
+    name = _first_existing(src, EMBEDDINGS_NAMES)
+    if name is None:
+        warnings.append(f"no {' or '.join(EMBEDDINGS_NAMES)}: the store has no embeddings")
+        return None, (), len(selected)
+    table = load_embeddings(src.url.rstrip("/") + "/" + name, src.storage_options)
+    aligned = align_embeddings(table, list(selected["site_id"]), list(metadata["site_id"]))
+    if aligned.unknown:
+        message = f"{name}: {len(aligned.unknown)} site_id(s) not in the metadata, e.g. {list(aligned.unknown[:MAX_LISTED])}"
+        if on_error == "fail":
+            raise MetadataError(message)
+        warnings.append(message)
+    if aligned.missing:
+        warnings.append(f"{name}: {len(aligned.missing)} site(s) have no embedding (NaN rows)")
+    return aligned.matrix, table.feature_names, len(aligned.missing)

@@ -1,0 +1,1007 @@
+"""Reading an rxrx2-zarr store lazily: ``open(url) -> Dataset``.
+
+Opening reads a fixed number of objects whatever the number of sites: the root ``zarr.json``, the documents and
+chunks of the root index arrays, the embeddings array's document (its chunks are read on first use of
+:attr:`Dataset.embeddings`) and one site array's document, to cross-check the site array specification recorded in
+the root attributes. Nothing walks plates, wells or sites.
+
+Stores are treated as untrusted input. Every array document is parsed here, and its codec names are checked
+against :data:`ALLOWED_CODECS` before any byte of the array is decoded; zarr-python is not involved at all (its
+per-chunk overhead would make reads slow, see ``_shard.py``), so no codec is ever instantiated from a store's
+metadata. Index ``path`` values must be safe keys and exactly the path their ``site_id`` maps to. Missing or corrupt
+shards raise :class:`ChunkReadError` naming the site and the object; a full-site read is checked against the
+CRC32C of the pixels recorded in the index, so corruption inside a chunk cannot come back as plausible pixels.
+
+Pixels are read by :class:`ShardCodec`: a full site is one request for its shard object; a crop or a channel subset
+is a suffix request for the shard index, then one request per run of adjacent inner chunks it intersects.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import struct
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import crc32c
+import imagecodecs
+import numcodecs
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from ._channels import CHANNEL_SPECS
+from ._errors import ChunkReadError, SiteNotFoundError, StoreFormatError
+from ._layout import (
+    ALLOWED_CODECS,
+    EMBEDDINGS_ARRAY,
+    INDEX_COLUMNS,
+    INDEX_GROUP,
+    LAYOUT_VERSION,
+    SHARD_KEY,
+    SiteArraySpec,
+)
+from ._paths import CHANNELS, GRID_COLUMNS, GRID_ROWS, check_experiment
+from ._schema import METADATA_COLUMNS
+from ._shard import ShardCodec, ShardDataError, ShardIndexError
+from ._storage import StoreIO, check_key
+
+if TYPE_CHECKING:
+    import dask.array
+    import xarray
+
+__all__ = ["Dataset", "open"]
+
+Pixels = npt.NDArray[np.uint8]
+Region = tuple[int, int, int, int]
+
+_STRING_COLUMNS = ("site_id", "well_id", "cell_type", "experiment", "well", "treatment", "path")
+_INT_COLUMNS = ("plate", "site")
+_FLOAT_COLUMNS = ("treatment_conc",)
+_NUMERIC_COLUMNS = (*_INT_COLUMNS, *_FLOAT_COLUMNS)
+_INTEGER_TYPES = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32"})
+_COLUMN_TYPES: Mapping[str, frozenset[str]] = {
+    **{c: frozenset({"string"}) for c in _STRING_COLUMNS},
+    **{c: _INTEGER_TYPES for c in _INT_COLUMNS},
+    "treatment_conc": frozenset({"float32", "float64"}),
+    "checksum": frozenset({"uint32", "uint64", "int64"}),
+}
+_NUMPY_TYPES = {
+    "bool": "?",
+    "int8": "i1",
+    "int16": "i2",
+    "int32": "i4",
+    "int64": "i8",
+    "uint8": "u1",
+    "uint16": "u2",
+    "uint32": "u4",
+    "uint64": "u8",
+    "float32": "f4",
+    "float64": "f8",
+}
+#: Sanity bounds for untrusted documents: more sites than this, or a longer metadata string, is a corrupt store.
+MAX_SITES = 50_000_000
+MAX_TEXT_BYTES = 4096
+MAX_EMBEDDING_DIM = 1_000_000
+#: Relative tolerance of ``select(treatment_conc=value)``: the release stores doses with float artefacts
+#: (``0.0009999999999999`` for 1e-3), which an exact comparison would make unselectable by their nominal value.
+CONC_RTOL = 1e-9
+
+
+# --- array documents: a minimal, strict Zarr v3 reader for the index and embeddings ------------------------------
+
+
+def _check_codec_names(codecs: Any, where: str) -> None:
+    """Refuse any codec name outside the allowlist, including codecs nested in a sharding configuration."""
+    if not isinstance(codecs, list) or not codecs:
+        raise StoreFormatError(f"{where}: 'codecs' must be a non-empty list")
+    for codec in codecs:
+        name = codec.get("name") if isinstance(codec, Mapping) else codec
+        if not isinstance(name, str) or name not in ALLOWED_CODECS:
+            raise StoreFormatError(f"{where}: codec {name!r} is not one this library writes; refusing to read it")
+        config = codec.get("configuration") if isinstance(codec, Mapping) else None
+        if isinstance(config, Mapping):
+            for nested in ("codecs", "index_codecs"):
+                if nested in config:
+                    _check_codec_names(config[nested], where)
+
+
+def _positive_ints(value: Any, n: int, where: str, what: str, minimum: int = 1) -> tuple[int, ...]:
+    if (
+        not isinstance(value, list)
+        or len(value) != n
+        or any(not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in value)
+    ):
+        raise StoreFormatError(f"{where}: {what} must be {n} integer(s) >= {minimum}, got {value!r}")
+    return tuple(value)
+
+
+def _fill_value(value: Any, data_type: str, where: str) -> Any:
+    if data_type == "string":
+        if not isinstance(value, str):
+            raise StoreFormatError(f"{where}: fill_value {value!r} is not a string")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise StoreFormatError(f"{where}: unsupported fill_value {value!r}")
+    if isinstance(value, str):
+        special = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+        if value not in special or not data_type.startswith("float"):
+            raise StoreFormatError(f"{where}: unsupported fill_value {value!r} for {data_type}")
+        return special[value]
+    return value
+
+
+@dataclass(frozen=True)
+class _ArrayDoc:
+    """A validated array document: a regular chunk grid and a codec chain of (bytes | vlen-utf8) + compressors."""
+
+    key: str
+    shape: tuple[int, ...]
+    data_type: str
+    chunks: tuple[int, ...]
+    encoding: str
+    separator: str
+    endian: str
+    compressors: tuple[tuple[str, Mapping[str, Any]], ...]
+    fill_value: Any
+
+    @classmethod
+    def parse(cls, doc: Any, key: str, data_types: frozenset[str], ndim: int, where: str) -> _ArrayDoc:
+        if not isinstance(doc, Mapping) or doc.get("zarr_format") != 3 or doc.get("node_type") != "array":
+            raise StoreFormatError(f"{where}: not a Zarr v3 array document")
+        # Codec names first: nothing below looks at a codec's configuration before its name is known to be safe.
+        _check_codec_names(doc.get("codecs"), where)
+        if doc.get("storage_transformers") not in (None, []):
+            raise StoreFormatError(f"{where}: storage transformers are not supported")
+        data_type = doc.get("data_type")
+        if data_type not in data_types:
+            raise StoreFormatError(f"{where}: data type {data_type!r}, expected one of {sorted(data_types)}")
+        shape = _positive_ints(doc.get("shape"), ndim, where, "shape", minimum=0)
+        if shape[0] > MAX_SITES or (ndim > 1 and shape[1] > MAX_EMBEDDING_DIM):
+            raise StoreFormatError(f"{where}: implausible shape {list(shape)}")
+        grid = doc.get("chunk_grid")
+        if not isinstance(grid, Mapping) or grid.get("name") != "regular" or not isinstance(grid.get("configuration"), Mapping):
+            raise StoreFormatError(f"{where}: only a regular chunk grid is supported, got {grid!r}")
+        chunks = _positive_ints(grid["configuration"].get("chunk_shape"), ndim, where, "chunk shape")
+        encoding_doc = doc.get("chunk_key_encoding", {"name": "default"})
+        encoding = encoding_doc.get("name") if isinstance(encoding_doc, Mapping) else None
+        config = encoding_doc.get("configuration") or {} if isinstance(encoding_doc, Mapping) else {}
+        separator = config.get("separator", "/" if encoding == "default" else ".")
+        if encoding not in ("default", "v2") or separator not in ("/", "."):
+            raise StoreFormatError(f"{where}: unsupported chunk key encoding {encoding_doc!r}")
+        codecs = doc["codecs"]
+        first, rest = codecs[0], codecs[1:]
+        endian = "little"
+        if data_type == "string":
+            if first.get("name") != "vlen-utf8":
+                raise StoreFormatError(f"{where}: a string array must start with the vlen-utf8 codec")
+        else:
+            if first.get("name") != "bytes":
+                raise StoreFormatError(f"{where}: a {data_type} array must start with the bytes codec")
+            endian = (first.get("configuration") or {}).get("endian", "little")
+            if endian not in ("little", "big"):
+                raise StoreFormatError(f"{where}: unsupported endianness {endian!r}")
+        compressors = []
+        for codec in rest:
+            name = codec.get("name")
+            if name not in ("zstd", "blosc", "crc32c"):
+                raise StoreFormatError(f"{where}: codec {name!r} in an unexpected position of the chain")
+            compressors.append((str(name), dict(codec.get("configuration") or {})))
+        fill = _fill_value(doc.get("fill_value"), data_type, where)
+        return cls(key, shape, data_type, chunks, encoding, separator, endian, tuple(compressors), fill)
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks, strict=True))
+
+    def chunk_key(self, position: Sequence[int]) -> str:
+        parts = [str(int(p)) for p in position]
+        if self.encoding == "default":
+            return f"{self.key}/{self.separator.join(['c', *parts])}"
+        return f"{self.key}/{self.separator.join(parts)}"
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        if self.data_type == "string":
+            return np.dtype(object)
+        return np.dtype(("<" if self.endian == "little" else ">") + _NUMPY_TYPES[self.data_type])
+
+    def _decoded_cap(self) -> int:
+        elements = math.prod(self.chunks)
+        if self.data_type == "string":
+            return 4 + elements * (4 + MAX_TEXT_BYTES)
+        return elements * self.dtype.itemsize
+
+    def decode(self, data: bytes | None, where: str) -> npt.NDArray[Any]:
+        """One chunk's bytes (None: absent, i.e. the fill value) to an array of the chunk shape."""
+        if data is None:
+            return np.full(self.chunks, self.fill_value, dtype=self.dtype)
+        buf: bytes | memoryview = data
+        cap = self._decoded_cap()
+        for name, _config in reversed(self.compressors):
+            if name == "crc32c":
+                if len(buf) < 4 or crc32c.crc32c(buf[:-4]) != int.from_bytes(buf[-4:], "little"):
+                    raise StoreFormatError(f"{where}: chunk fails its crc32c checksum")
+                buf = memoryview(buf)[:-4]
+            elif name == "zstd":
+                buf = _zstd_decode(buf, cap, where)
+            else:
+                buf = _blosc_decode(buf, cap, where)
+        elements = math.prod(self.chunks)
+        if self.data_type == "string":
+            if len(buf) < 4 or int.from_bytes(buf[:4], "little") != elements:
+                raise StoreFormatError(f"{where}: string chunk does not hold {elements} items")
+            try:
+                values = numcodecs.VLenUTF8().decode(buf)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise StoreFormatError(f"{where}: corrupt string chunk ({exc})") from None
+            return np.asarray(values, dtype=object).reshape(self.chunks)
+        if len(buf) != elements * self.dtype.itemsize:
+            raise StoreFormatError(f"{where}: chunk decodes to {len(buf)} bytes, expected {elements * self.dtype.itemsize}")
+        return np.frombuffer(buf, dtype=self.dtype).reshape(self.chunks)
+
+    def read(self, io: StoreIO, rows: npt.NDArray[np.int64] | None = None) -> npt.NDArray[Any]:
+        """The whole array, or only ``rows`` of it (reading only the chunks that hold them)."""
+        grid = self.grid
+        wanted_rows = np.arange(self.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+        if not len(wanted_rows) or 0 in self.shape:
+            return np.empty((len(wanted_rows), *self.shape[1:]), dtype=self.dtype)
+        row_chunks = np.unique(wanted_rows // self.chunks[0])
+        positions = [(int(r), *rest) for r in row_chunks for rest in np.ndindex(*grid[1:])]
+        keys = [self.chunk_key(p) for p in positions]
+        blobs = _read_many(io, keys)
+        padded_shape = tuple(g * c for g, c in zip(grid, self.chunks, strict=True))
+        block = np.empty((len(row_chunks) * self.chunks[0], *padded_shape[1:]), dtype=self.dtype)
+        slot = {int(r): i for i, r in enumerate(row_chunks)}
+        for position, key in zip(positions, keys, strict=True):
+            chunk = self.decode(blobs[key], f"{io.url}: {key}")
+            index = tuple(
+                slice(s * c, (s + 1) * c) for s, c in zip((slot[position[0]], *position[1:]), self.chunks, strict=True)
+            )
+            block[index] = chunk
+        local = slot_rows = np.searchsorted(row_chunks, wanted_rows // self.chunks[0])
+        local = slot_rows * self.chunks[0] + wanted_rows % self.chunks[0]
+        out = block[local]
+        if self.ndim > 1:
+            out = out[(slice(None), *(slice(0, s) for s in self.shape[1:]))]
+        return out
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def _zstd_content_size(data: bytes | memoryview) -> int | None:
+    """The decompressed size a zstd frame header declares (None when absent), read before any allocation."""
+    if len(data) < 6 or bytes(data[:4]) != b"\x28\xb5\x2f\xfd":
+        raise ValueError("not a zstd frame")
+    descriptor = data[4]
+    fcs_flag, single_segment, dict_flag = descriptor >> 6, (descriptor >> 5) & 1, descriptor & 3
+    position = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    size = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    if size == 0:
+        return None
+    if len(data) < position + size:
+        raise ValueError("truncated zstd frame header")
+    value = int.from_bytes(data[position : position + size], "little")
+    return value + 256 if size == 2 else value
+
+
+def _zstd_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
+    try:
+        size = _zstd_content_size(data)
+        if size is None or size > cap:
+            raise ValueError(f"zstd frame declares {size} bytes (limit {cap})")
+        decoded = imagecodecs.zstd_decode(data, out=size)
+    except (ValueError, imagecodecs.ZstdError) as exc:
+        raise StoreFormatError(f"{where}: corrupt zstd chunk ({exc})") from None
+    if len(decoded) != size:
+        raise StoreFormatError(f"{where}: zstd chunk decoded to {len(decoded)} bytes, expected {size}")
+    return bytes(decoded)
+
+
+def _blosc_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
+    if len(data) < 16:
+        raise StoreFormatError(f"{where}: corrupt blosc chunk (shorter than its header)")
+    nbytes, _blocksize, cbytes = struct.unpack_from("<III", data, 4)
+    if nbytes > cap or cbytes != len(data):
+        raise StoreFormatError(f"{where}: corrupt blosc chunk header ({nbytes} bytes, {cbytes} compressed)")
+    try:
+        return bytes(imagecodecs.blosc_decode(data, numthreads=1))
+    except (imagecodecs.BloscError, RuntimeError, ValueError) as exc:
+        raise StoreFormatError(f"{where}: corrupt blosc chunk ({exc})") from None
+
+
+def _read_many(io: StoreIO, keys: Sequence[str]) -> dict[str, bytes | None]:
+    """Fetch several small objects in one batch (concurrent on object stores); absent ones map to None."""
+    if not keys:
+        return {}
+    paths = [io.path(k) for k in keys]
+    found = io.fs.cat(paths, on_error="return")
+    if not isinstance(found, Mapping):  # a single path comes back unwrapped
+        found = {paths[0]: found}
+    out: dict[str, bytes | None] = {}
+    for key, path in zip(keys, paths, strict=True):
+        value = found.get(path, FileNotFoundError(path))
+        if isinstance(value, FileNotFoundError):
+            out[key] = None
+        elif isinstance(value, BaseException):
+            raise ChunkReadError(f"{io.url}: cannot read {key}: {value}")
+        else:
+            out[key] = bytes(value)
+    return out
+
+
+def _json(data: bytes | None, where: str) -> Any:
+    if data is None:
+        raise StoreFormatError(f"{where}: missing")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreFormatError(f"{where}: not valid JSON ({exc})") from None
+
+
+# --- site paths: one vectorised check for the whole index ---------------------------------------------------------
+
+_ROW = "|".join(sorted(GRID_ROWS, key=len, reverse=True))
+_COLUMN = "|".join(GRID_COLUMNS)
+#: site_id -> the key of its array (``site_paths(parse_site_id(site_id)).array``), as one substitution over all ids.
+_SITE_ID_LINE = re.compile(
+    rf"^(?P<experiment>[A-Za-z0-9][A-Za-z0-9.\-]*)_(?P<plate>[1-9][0-9]*)_(?P<row>{_ROW})(?P<column>{_COLUMN})_(?P<site>[1-9][0-9]*)$",
+    re.MULTILINE,
+)
+_SITE_PATH = r"\g<experiment>/Plate\g<plate>/\g<row>/\g<column>/\g<site>/0"
+
+
+def _check_paths(site_ids: npt.NDArray[Any], paths: npt.NDArray[Any], where: str) -> None:
+    """Every ``path`` must be the array key its ``site_id`` maps to, and a safe key.
+
+    Parsing 131,953 ids one by one costs over a second; joining them and rewriting every line with one regular
+    expression substitution costs a few tens of milliseconds. Only on a mismatch is the first bad row located.
+    """
+    n = len(site_ids)
+    if n == 0:
+        return
+    joined_ids, joined_paths = "\n".join(site_ids), "\n".join(paths)
+    lines_ok = joined_ids.count("\n") == n - 1 and joined_paths.count("\n") == n - 1
+    expected, substituted = _SITE_ID_LINE.subn(_SITE_PATH, joined_ids) if lines_ok else ("", -1)
+    if substituted == n and expected == joined_paths:
+        for experiment in {p.split("/", 1)[0] for p in pd.unique(pd.Series(paths).str.split("/", n=1).str[0])}:
+            check_experiment(experiment)  # the regular expression cannot express "no '..'"
+        return
+    for i, (site_id, path) in enumerate(zip(site_ids, paths, strict=True)):
+        if not isinstance(path, str):
+            raise StoreFormatError(f"{where}: row {i}: path {path!r} is not a string")
+        check_key(path)
+        want, count = _SITE_ID_LINE.subn(_SITE_PATH, site_id) if "\n" not in site_id else ("", 0)
+        if count != 1:
+            raise StoreFormatError(f"{where}: row {i}: invalid site_id {site_id!r}")
+        if path != want:
+            raise StoreFormatError(
+                f"{where}: row {i}: path {path!r} of site {site_id!r} is not where that site lives ({want!r})"
+            )
+    raise StoreFormatError(f"{where}: index paths do not match their site_ids")
+
+
+# --- the store, opened once per process ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def _store_io(url: str, options_json: str, pid: int) -> StoreIO:
+    """One StoreIO per store and process (the pid is part of the key: filesystems must not cross a fork)."""
+    del pid
+    return StoreIO(url, json.loads(options_json))
+
+
+def _io_for(url: str, storage_options: Mapping[str, Any]) -> StoreIO:
+    return _store_io(url, json.dumps(dict(storage_options), sort_keys=True, default=str), os.getpid())
+
+
+@functools.lru_cache(maxsize=8)
+def _codec_for(spec: SiteArraySpec) -> ShardCodec:
+    return ShardCodec(spec, "site array")
+
+
+_POOL_LOCK = threading.Lock()
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The shared read pool, created on first use (and again in a forked child, whose threads did not survive)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            workers = min(32, (os.cpu_count() or 1) + 4)  # I/O waits overlap decoding on remote stores
+            _POOL = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="rxrx2-read"))
+        return _POOL[1]
+
+
+def _decode_tasks() -> int:
+    """How many groups one site's chunks are split into when a single site is read (at most 4: beyond that the
+    split costs more than it saves on a 6 MiB site)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class _SiteRef:
+    """What a read task needs to know about one site: small, so a dask graph of 131,953 of them stays light
+    (a plain object rather than a tuple of strings, which dask could mistake for keys)."""
+
+    site_id: str
+    path: str
+    checksum: int
+
+
+@dataclass(frozen=True)
+class _SiteReader:
+    """Reads sites from one store; small and picklable (url, options, spec), the callable of every dask task."""
+
+    url: str
+    storage_options: Mapping[str, Any]
+    spec: SiteArraySpec
+    pixels: bool
+
+    def __hash__(self) -> int:
+        return hash((self.url, json.dumps(dict(self.storage_options), sort_keys=True, default=str), self.spec))
+
+    def __call__(self, ref: _SiteRef) -> Pixels:
+        """A dask task: one full site as a (1, 6, H, W) block."""
+        out = np.empty((1, *self.spec.shape), dtype=np.uint8)
+        self.read(ref, out=out[0])
+        return out
+
+    def read(
+        self,
+        ref: _SiteRef,
+        channels: Sequence[int] | None = None,
+        region: Region | None = None,
+        out: Pixels | None = None,
+        parallel: bool = False,
+    ) -> Pixels:
+        """Read one site; ``channels`` 0-based, ``region`` validated by the caller. ``parallel`` splits the site's
+        chunks over the shared pool (for single-site reads; never from inside a pool task, see :func:`_pool`)."""
+        spec = self.spec
+        height, width = spec.height, spec.width
+        y0, y1, x0, x1 = region if region is not None else (0, height, 0, width)
+        shape = (len(channels) if channels is not None else spec.channels, y1 - y0, x1 - x0)
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)
+        if not self.pixels:
+            out[...] = 0  # a --no-pixels store: the layout without image data
+            return out
+        io = _io_for(self.url, self.storage_options)
+        codec = _codec_for(spec)
+        key = f"{ref.path}/{SHARD_KEY}"
+        executor, tasks = (_pool(), _decode_tasks()) if parallel else (None, 1)
+        full = channels is None and region is None
+        try:
+            if full:
+                data = io.read(key)
+                codec.decode(data, out=out, executor=executor, tasks=tasks)
+            else:
+                index = codec.parse_index(io.read_suffix(key, codec.index_nbytes))
+                pieces = self._fetch(io, key, codec.ranges_for(index, channels, region))
+                codec.assemble(pieces, channels, region, out, executor=executor, tasks=tasks)
+        except FileNotFoundError:
+            raise ChunkReadError(f"site {ref.site_id}: shard object {key} is missing from store {self.url}") from None
+        except (ShardIndexError, ShardDataError) as exc:
+            raise ChunkReadError(f"site {ref.site_id}: shard object {key} in store {self.url} is corrupt: {exc}") from None
+        except OSError as exc:
+            raise ChunkReadError(f"site {ref.site_id}: cannot read shard object {key} from store {self.url}: {exc}") from None
+        if full:
+            # Inner chunks carry no checksum of their own: the index's CRC32C of the site's pixels (about 0.3 ms
+            # for a 6 MiB site) is what turns a flipped bit inside a chunk into an error instead of wrong pixels.
+            actual = crc32c.crc32c(out.data if out.flags.c_contiguous else out.tobytes())
+            if actual != ref.checksum:
+                raise ChunkReadError(
+                    f"site {ref.site_id}: shard object {key} in store {self.url} is corrupt: pixels' crc32c "
+                    f"{actual} != {ref.checksum} recorded in the index"
+                )
+        return out
+
+    @staticmethod
+    def _fetch(io: StoreIO, key: str, ranges: Mapping[int, tuple[int, int]]) -> dict[int, memoryview]:
+        """Fetch the byte ranges of the needed chunks, merging chunks stored back to back into one request."""
+        order = sorted(ranges.items(), key=lambda item: item[1][0])
+        spans: list[list[Any]] = []  # [start, end, [(flat, start, end), ...]]
+        for flat, (start, end) in order:
+            if spans and spans[-1][1] == start:
+                spans[-1][1] = end
+                spans[-1][2].append((flat, start, end))
+            else:
+                spans.append([start, end, [(flat, start, end)]])
+        blobs = io.read_ranges(key, [(s[0], s[1]) for s in spans])
+        pieces: dict[int, memoryview] = {}
+        for (span_start, span_end, members), blob in zip(spans, blobs, strict=True):
+            if len(blob) != span_end - span_start:
+                raise ShardDataError(f"bytes {span_start}..{span_end} lie beyond the end of the object")
+            view = memoryview(blob)
+            for flat, start, end in members:
+                pieces[flat] = view[start - span_start : end - span_start]
+        return pieces
+
+
+class _Store:
+    """Everything read at open: root attributes, the site array spec, the index columns; embeddings on demand."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any]) -> None:
+        self.url = url
+        self.storage_options = dict(storage_options)
+        self.io = _io_for(url, self.storage_options)
+        self.attrs = self._root_attributes()
+        try:
+            self.spec = SiteArraySpec.from_options(self.attrs["options"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreFormatError(f"{url}: root attributes: invalid site array options ({exc})") from None
+        self.codec = _codec_for(self.spec)  # validates the profile's codec chain against the allowlist
+        self.pixels = bool(self.attrs.get("pixels", True))
+        self.columns = self._read_index()
+        self.n = len(self.columns["site_id"])
+        self._embeddings_doc = self._embeddings_document()
+        self._embeddings_lock = threading.Lock()
+        self._embeddings: npt.NDArray[np.float32] | None = None
+        self.reader = _SiteReader(url, self.storage_options, self.spec, self.pixels)
+        frame = pd.DataFrame(
+            {
+                c: (
+                    pd.Series(self.columns[c]).astype(str)
+                    if c in _STRING_COLUMNS
+                    else pd.Series(self.columns[c].astype(np.int64 if c in _INT_COLUMNS else np.float64))
+                )
+                for c in METADATA_COLUMNS
+            }
+        )
+        # Index: the site_ids, unnamed. Naming it "site_id" as well as keeping the column would make
+        # sort_values/groupby/merge on "site_id" fail as ambiguous.
+        frame.index = pd.Index(frame["site_id"].to_numpy(), dtype=frame["site_id"].dtype)
+        self.frame = frame
+        self.site_index = pd.Index(self.columns["site_id"])
+        if not self.site_index.is_unique:
+            duplicated = self.site_index[self.site_index.duplicated()][:5].tolist()
+            raise StoreFormatError(f"{url}: index/site_id has duplicate site_ids, e.g. {duplicated}")
+
+    def _root_attributes(self) -> dict[str, Any]:
+        where = f"{self.url}: zarr.json"
+        try:
+            data = self.io.read("zarr.json")
+        except FileNotFoundError:
+            raise StoreFormatError(f"{self.url}: no zarr.json: not a Zarr v3 store (or the path does not exist)") from None
+        doc = _json(data, where)
+        attrs = doc.get("attributes", {}).get("rxrx2") if isinstance(doc, Mapping) and isinstance(doc.get("attributes"), Mapping) else None
+        if not isinstance(doc, Mapping) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+            raise StoreFormatError(f"{where}: not a Zarr v3 group")
+        if not isinstance(attrs, Mapping) or attrs.get("format") != "rxrx2-zarr":
+            raise StoreFormatError(f"{self.url}: not an rxrx2-zarr store (the root group has no 'rxrx2' attributes)")
+        if attrs.get("layout_version") != LAYOUT_VERSION:
+            raise StoreFormatError(
+                f"{self.url}: layout version {attrs.get('layout_version')!r} is not one this version of rxrx2-zarr "
+                f"reads ({LAYOUT_VERSION}); upgrade rxrx2-zarr or re-convert the store"
+            )
+        if attrs.get("complete") is not True:
+            raise StoreFormatError(
+                f"{self.url}: the store is incomplete (its conversion did not finish); "
+                "finish it with `rxrx2-zarr convert SRC DST --resume` before reading it"
+            )
+        return dict(attrs)
+
+    def _read_index(self) -> dict[str, npt.NDArray[Any]]:
+        keys = [f"{INDEX_GROUP}/{c}/zarr.json" for c in INDEX_COLUMNS]
+        docs = _read_many(self.io, keys)
+        arrays: dict[str, _ArrayDoc] = {}
+        for column, key in zip(INDEX_COLUMNS, keys, strict=True):
+            where = f"{self.url}: {key}"
+            arrays[column] = _ArrayDoc.parse(_json(docs[key], where), f"{INDEX_GROUP}/{column}", _COLUMN_TYPES[column], 1, where)
+        lengths = {c: a.shape[0] for c, a in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise StoreFormatError(f"{self.url}: index arrays differ in length: {lengths}")
+        # All index chunks in one batch (one chunk per column as written: a fixed number of objects).
+        chunk_keys = {c: [a.chunk_key((i,)) for i in range(a.grid[0])] for c, a in arrays.items()}
+        blobs = _read_many(self.io, [k for keys_ in chunk_keys.values() for k in keys_])
+        columns: dict[str, npt.NDArray[Any]] = {}
+        for column, array in arrays.items():
+            parts = [array.decode(blobs[k], f"{self.url}: {k}") for k in chunk_keys[column]]
+            values = np.concatenate(parts)[: array.shape[0]] if parts else np.empty(0, dtype=array.dtype)
+            columns[column] = values
+        n = next(iter(lengths.values()))
+        for column in _STRING_COLUMNS:
+            values = columns[column]
+            lengths_ok = all(isinstance(v, str) and 0 < len(v) <= MAX_TEXT_BYTES for v in values) if n else True
+            if not lengths_ok:
+                raise StoreFormatError(f"{self.url}: index/{column} holds empty or overlong values")
+        _check_paths(columns["site_id"], columns["path"], f"{self.url}: index")
+        columns["checksum"] = columns["checksum"].astype(np.int64)
+        return columns
+
+    def _embeddings_document(self) -> _ArrayDoc | None:
+        key = f"{EMBEDDINGS_ARRAY}/zarr.json"
+        # The site array spec is cross-checked against one site's document in the same batch (no extra round trip).
+        site_key = f"{self.columns['path'][0]}/zarr.json" if self.n else None
+        docs = _read_many(self.io, [key] + ([site_key] if site_key else []))
+        if site_key is not None:
+            self._check_site_document(_json(docs[site_key], f"{self.url}: {site_key}"), site_key)
+        if docs[key] is None:
+            return None  # the source had no embeddings.csv
+        where = f"{self.url}: {key}"
+        doc = _ArrayDoc.parse(_json(docs[key], where), EMBEDDINGS_ARRAY, frozenset({"float32", "float64"}), 2, where)
+        if doc.shape[0] != self.n:
+            raise StoreFormatError(f"{where}: {doc.shape[0]} rows for {self.n} sites in the index")
+        return doc
+
+    def _check_site_document(self, doc: Any, key: str) -> None:
+        where = f"{self.url}: {key}"
+        if not isinstance(doc, Mapping):
+            raise StoreFormatError(f"{where}: not a JSON object")
+        _check_codec_names(doc.get("codecs"), where)
+        expected = self.spec.array_metadata()
+        for field in ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value"):
+            if doc.get(field) != expected[field]:
+                raise StoreFormatError(
+                    f"{where}: {field} is {doc.get(field)!r}, but the root attributes describe {expected[field]!r}"
+                )
+
+    def embeddings(self, positions: npt.NDArray[np.int64] | None) -> npt.NDArray[np.float32] | None:
+        if self._embeddings_doc is None:
+            return None
+        if positions is not None and len(positions) < self.n // 4:
+            return self._embeddings_doc.read(self.io, positions).astype(np.float32, copy=False)
+        with self._embeddings_lock:
+            if self._embeddings is None:
+                matrix = self._embeddings_doc.read(self.io).astype(np.float32, copy=False)
+                matrix.flags.writeable = False
+                self._embeddings = matrix
+        return self._embeddings if positions is None else self._embeddings[positions]
+
+    def ref(self, position: int) -> _SiteRef:
+        return _SiteRef(
+            str(self.columns["site_id"][position]), str(self.columns["path"][position]), int(self.columns["checksum"][position])
+        )
+
+
+_STORES_LOCK = threading.Lock()
+_STORES: dict[tuple[str, str, int], _Store] = {}
+
+
+def _store_for_pickle(url: str, storage_options: Mapping[str, Any]) -> _Store:
+    """The store as re-opened in a process that unpickled a Dataset: opened once per process and store."""
+    key = (url, json.dumps(dict(storage_options), sort_keys=True, default=str), os.getpid())
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            store = _STORES[key] = _Store(url, storage_options)
+        return store
+
+
+def open(url: str, storage_options: Mapping[str, Any] | None = None) -> Dataset:  # noqa: A001 - public name by design
+    """Open an rxrx2-zarr store (a path or fsspec URL) for reading.
+
+    Reads the root attributes and the root index only (a fixed number of objects, whatever the number of sites),
+    refusing stores that are not complete rxrx2-zarr stores of a known layout or whose metadata is unsafe.
+    """
+    return Dataset(_Store(str(url), dict(storage_options or {})), None)
+
+
+def _restore(url: str, storage_options: Mapping[str, Any], positions: npt.NDArray[np.int64] | None, n_sites: int) -> Dataset:
+    store = _store_for_pickle(url, storage_options)
+    if store.n != n_sites:
+        raise StoreFormatError(
+            f"{url}: the store changed since this Dataset was pickled ({store.n} sites now, {n_sites} then)"
+        )
+    return Dataset(store, positions)
+
+
+# --- selection -----------------------------------------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+
+
+def _match(column: str, values: npt.NDArray[Any], wanted: Any) -> npt.NDArray[np.bool_]:
+    """The rows of ``values`` (one column of the selection) that ``wanted`` selects."""
+    numeric = column in _NUMERIC_COLUMNS
+    if isinstance(wanted, tuple):
+        if not numeric:
+            raise ValueError(
+                f"select({column}=...): a (lo, hi) tuple is a numeric range, valid for {list(_NUMERIC_COLUMNS)}; "
+                "use a list to select any of several values"
+            )
+        if len(wanted) != 2 or any(v is not None and not _is_number(v) for v in wanted):
+            raise ValueError(f"select({column}=...): a range must be (lo, hi) with numbers (or None), got {wanted!r}")
+        lo, hi = wanted
+        mask = np.ones(len(values), dtype=bool)
+        if lo is not None:
+            mask &= values >= lo
+        if hi is not None:
+            mask &= values <= hi
+        return mask
+    if isinstance(wanted, list | set | frozenset | np.ndarray | pd.Series | pd.Index):
+        mask = np.zeros(len(values), dtype=bool)
+        for item in list(wanted):
+            mask |= _equal(column, values, item)
+        return mask
+    return _equal(column, values, wanted)
+
+
+def _equal(column: str, values: npt.NDArray[Any], wanted: Any) -> npt.NDArray[np.bool_]:
+    if column in _NUMERIC_COLUMNS:
+        if column in _FLOAT_COLUMNS and (wanted is None or (_is_number(wanted) and math.isnan(float(wanted)))):
+            return np.isnan(values)  # the EMPTY controls have no concentration
+        if not _is_number(wanted):
+            raise ValueError(f"select({column}=...): expected a number, a list of numbers or a (lo, hi) range, got {wanted!r}")
+        if column in _FLOAT_COLUMNS:
+            return np.isclose(values, float(wanted), rtol=CONC_RTOL, atol=0.0)
+        return np.asarray(values == wanted)
+    if not isinstance(wanted, str):
+        raise ValueError(f"select({column}=...): expected a string or a list of strings, got {wanted!r}")
+    return np.asarray(values == wanted)
+
+
+# --- the public dataset ------------------------------------------------------------------------------------------
+
+
+class Dataset:
+    """A lazily read rxrx2-zarr store, or a selection of its sites (in store order).
+
+    Also a map-style dataset (``len(ds)``, ``ds[i] -> (pixels, metadata)``) that pickles as its URL, storage
+    options and selection, so PyTorch ``DataLoader`` workers and dask workers re-open it themselves.
+    """
+
+    def __init__(self, store: _Store, positions: npt.NDArray[np.int64] | None) -> None:
+        self._store = store
+        self._positions = positions  # None: every site of the store
+        self._frame: pd.DataFrame | None = None
+        self._images: dask.array.Array | None = None
+
+    # --- identity, pickling ---------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self._store.url
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return dict(self._store.storage_options)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The store's root ``rxrx2`` attributes (counts, options, source, versions...)."""
+        return json.loads(json.dumps(self._store.attrs))  # type: ignore[no-any-return]
+
+    @property
+    def spec(self) -> SiteArraySpec:
+        return self._store.spec
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(sites, channels, height, width) of :attr:`images`."""
+        return (len(self), *self._store.spec.shape)
+
+    @property
+    def pixels(self) -> bool:
+        """False for a ``--no-pixels`` store (every read returns zeros)."""
+        return self._store.pixels
+
+    def __reduce__(self) -> tuple[Callable[..., Dataset], tuple[Any, ...]]:
+        return (_restore, (self.url, self.storage_options, self._positions, self._store.n))
+
+    def __repr__(self) -> str:
+        spec = self._store.spec
+        return (
+            f"<rxrx2_zarr.Dataset {self.url!r}: {len(self)} of {self._store.n} sites, "
+            f"{spec.channels} x {spec.height} x {spec.width} uint8, profile {spec.profile!r}"
+            f"{'' if self.pixels else ', no pixels'}>"
+        )
+
+    # --- metadata -------------------------------------------------------------------------------------------------
+
+    @property
+    def positions(self) -> npt.NDArray[np.int64]:
+        """Positions of this selection's sites in the store's index (ascending)."""
+        if self._positions is None:
+            return np.arange(self._store.n, dtype=np.int64)
+        return self._positions
+
+    def __len__(self) -> int:
+        return self._store.n if self._positions is None else len(self._positions)
+
+    @property
+    def sites(self) -> pd.DataFrame:
+        """The metadata of the selected sites: the nine columns of ``metadata.csv`` with its dtypes, indexed by
+        site_id, in store order (a copy: changing it does not change the dataset)."""
+        if self._frame is None:
+            full = self._store.frame
+            self._frame = full if self._positions is None else full.iloc[self._positions]
+        return self._frame.copy(deep=False)
+
+    @property
+    def site_ids(self) -> list[str]:
+        return [str(s) for s in self._store.columns["site_id"][self.positions]]
+
+    @property
+    def embeddings(self) -> npt.NDArray[np.float32] | None:
+        """float32 (sites, K) aligned with :attr:`sites` (NaN rows for sites without one), or None when the store
+        has no embeddings. Read on first use, not at open."""
+        return self._store.embeddings(self._positions)
+
+    def _row(self, position: int) -> dict[str, Any]:
+        columns = self._store.columns
+        row: dict[str, Any] = {}
+        for column in METADATA_COLUMNS:
+            value = columns[column][position]
+            row[column] = str(value) if column in _STRING_COLUMNS else int(value) if column in _INT_COLUMNS else float(value)
+        return row
+
+    # --- selection ------------------------------------------------------------------------------------------------
+
+    def select(self, **columns: Any) -> Dataset:
+        """Sites matching every keyword (AND), one keyword per metadata column.
+
+        A scalar selects equal values (``treatment="EMPTY"`` the controls; ``treatment_conc=None`` too), a list any
+        of its values, a ``(lo, hi)`` tuple an inclusive range of a numeric column (plate, site, treatment_conc;
+        ``None`` leaves a side open). Concentrations compare with a relative tolerance of 1e-9, so the nominal
+        ``0.001`` finds the release's ``0.0009999999999999``.
+        """
+        unknown = [c for c in columns if c not in METADATA_COLUMNS]
+        if unknown:
+            raise ValueError(f"select(): unknown column(s) {unknown}; columns are {list(METADATA_COLUMNS)}")
+        positions = self.positions
+        mask = np.ones(len(positions), dtype=bool)
+        for column, wanted in columns.items():
+            values = self._store.columns[column][positions]
+            if column in _STRING_COLUMNS:
+                values = values.astype(object)
+            mask &= _match(column, values, wanted)
+        return Dataset(self._store, positions[mask])
+
+    def _positions_of(self, site_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        found = np.asarray(self._store.site_index.get_indexer(list(site_ids)), dtype=np.int64)
+        missing = [s for s, p in zip(site_ids, found, strict=True) if p < 0]
+        if missing:
+            raise SiteNotFoundError(f"site(s) not in store {self.url}: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if self._positions is not None:
+            slots = np.searchsorted(self._positions, found)
+            inside = (slots < len(self._positions)) & (self._positions[np.minimum(slots, len(self._positions) - 1)] == found)
+            if not inside.all():
+                outside = [s for s, ok in zip(site_ids, inside, strict=True) if not ok]
+                raise SiteNotFoundError(f"site(s) in the store but not in this selection: {outside[:5]}")
+        return found
+
+    # --- pixels ---------------------------------------------------------------------------------------------------
+
+    def _check_channels(self, channels: Iterable[int] | None) -> list[int] | None:
+        if channels is None:
+            return None
+        numbers = [channels] if isinstance(channels, int) else list(channels)
+        bad = [c for c in numbers if not isinstance(c, int | np.integer) or isinstance(c, bool) or not 1 <= c <= self.spec.channels]
+        if bad or not numbers:
+            raise ValueError(f"channels must be channel numbers 1..{self.spec.channels} (w1..w6), got {channels!r}")
+        return [int(c) - 1 for c in numbers]
+
+    def _check_region(self, region: Sequence[int] | None) -> Region | None:
+        if region is None:
+            return None
+        height, width = self.spec.height, self.spec.width
+        values = list(region)
+        if len(values) != 4 or any(not isinstance(v, int | np.integer) or isinstance(v, bool) for v in values):
+            raise ValueError(f"region must be (y0, y1, x0, x1) integers, got {region!r}")
+        y0, y1, x0, x1 = (int(v) for v in values)
+        if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+            raise ValueError(
+                f"region {(y0, y1, x0, x1)} is not a non-empty half-open box inside the {height} x {width} site"
+            )
+        return (y0, y1, x0, x1)
+
+    def site(self, site_id: str) -> Pixels:
+        """One site's (6, H, W) uint8 pixels."""
+        (position,) = self._positions_of([site_id])
+        return self._store.reader.read(self._store.ref(int(position)), parallel=True)
+
+    def read(
+        self,
+        sites: str | Sequence[str],
+        channels: Iterable[int] | None = None,
+        region: Sequence[int] | None = None,
+    ) -> Pixels:
+        """Pixels of ``sites`` (site_ids) as (n, c, h, w) uint8: ``channels`` are numbers 1..6 (default all, in
+        that order), ``region`` is ``(y0, y1, x0, x1)`` in pixels, half-open (default the whole site).
+
+        Sites are read in parallel; a crop reads only the inner chunks it intersects.
+        """
+        ids = [sites] if isinstance(sites, str) else list(sites)
+        chans = self._check_channels(channels)
+        box = self._check_region(region)
+        positions = self._positions_of(ids)
+        spec = self.spec
+        y0, y1, x0, x1 = box if box is not None else (0, spec.height, 0, spec.width)
+        out = np.empty((len(ids), len(chans) if chans is not None else spec.channels, y1 - y0, x1 - x0), dtype=np.uint8)
+        reader, store = self._store.reader, self._store
+        if len(ids) == 1:
+            reader.read(store.ref(int(positions[0])), chans, box, out[0], parallel=True)
+        elif ids:
+            futures = [_pool().submit(reader.read, store.ref(int(p)), chans, box, out[k]) for k, p in enumerate(positions)]
+            for future in futures:
+                future.result()
+        return out
+
+    def __getitem__(self, index: int) -> tuple[Pixels, dict[str, Any]]:
+        """``(pixels (6, H, W), metadata row)`` of the i-th site of the selection (negative indices count back)."""
+        if not isinstance(index, int | np.integer) or isinstance(index, bool):
+            raise TypeError(f"Dataset indices must be integers, got {type(index).__name__}; use select() for subsets")
+        n = len(self)
+        i = int(index) + n if index < 0 else int(index)
+        if not 0 <= i < n:
+            raise IndexError(f"site index {index} out of range for {n} site(s)")
+        position = int(self.positions[i])
+        return self._store.reader.read(self._store.ref(position), parallel=True), self._row(position)
+
+    @property
+    def images(self) -> dask.array.Array:
+        """All selected sites as a lazy dask array (sites, 6, H, W) uint8, one chunk per site, row k = ``sites.iloc[k]``.
+
+        Built from the index alone (no per-site metadata is read); each task reads its site's shard object. Runs
+        on dask's threaded scheduler (the codecs release the GIL) or on a distributed cluster.
+        """
+        if self._images is None:
+            self._images = self._build_images()
+        return self._images
+
+    def _build_images(self) -> dask.array.Array:
+        import dask.array as da
+        from dask.base import tokenize
+        from dask.highlevelgraph import HighLevelGraph
+
+        spec, store = self.spec, self._store
+        positions = self.positions
+        if not len(positions):
+            return da.zeros((0, *spec.shape), dtype=np.uint8, chunks=(1, *spec.shape))
+        name = "rxrx2-images-" + tokenize(self.url, store.storage_options, spec, store.pixels, positions)
+        reader = store.reader
+        site_ids, paths, checksums = store.columns["site_id"], store.columns["path"], store.columns["checksum"]
+        graph = {
+            (name, k, 0, 0, 0): (reader, _SiteRef(str(site_ids[p]), str(paths[p]), int(checksums[p])))
+            for k, p in enumerate(positions.tolist())
+        }
+        chunks = ((1,) * len(positions), (spec.channels,), (spec.height,), (spec.width,))
+        layer = HighLevelGraph.from_collections(name, graph, dependencies=())
+        return da.Array(layer, name, chunks, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
+
+    # --- views ----------------------------------------------------------------------------------------------------
+
+    def to_xarray(self) -> xarray.DataArray:
+        """A lazily backed ``xarray.DataArray`` (site, c, y, x): ``site`` holds the site_ids, the other metadata
+        columns are coordinates along ``site`` (the site-in-well number as ``field``), ``c`` is labelled w1..w6."""
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ImportError("Dataset.to_xarray() needs xarray: pip install 'rxrx2-zarr[xarray]'") from None
+        frame = self.sites
+        coords: dict[str, Any] = {
+            "site": frame["site_id"].to_numpy(dtype=object),
+            "c": [spec.label for spec in CHANNEL_SPECS],
+        }
+        for column in METADATA_COLUMNS[1:]:
+            values = frame[column].to_numpy(dtype=object) if column in _STRING_COLUMNS else frame[column].to_numpy()
+            coords["field" if column == "site" else column] = ("site", values)
+        attrs = {
+            "url": self.url,
+            "channel_rgb": json.dumps({s.label: list(s.rgb) for s in CHANNEL_SPECS}),
+            "channel_window": json.dumps({s.label: list(s.window) for s in CHANNEL_SPECS}),
+        }
+        return xr.DataArray(self.images, dims=("site", "c", "y", "x"), coords=coords, name="pixels", attrs=attrs)
+
+    def to_rgb(
+        self, sites: str | Sequence[str], channels: Sequence[int] = CHANNELS, vmax: float = 255.0
+    ) -> Pixels:
+        """Recursion's RGB rendering (:func:`rxrx2_zarr._render.to_rgb`) of one site (H, W, 3) or several (n, H, W, 3)."""
+        from ._render import to_rgb
+
+        pixels = self.read(sites, channels=channels)
+        rgb = to_rgb(pixels, channels=channels, vmax=vmax)
+        return rgb[0] if isinstance(sites, str) else rgb

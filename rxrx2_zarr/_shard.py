@@ -1,0 +1,355 @@
+"""Direct encoding and decoding of a site's shard, bypassing zarr-python's per-chunk pipeline.
+
+A site array is one ``sharding_indexed`` chunk (Zarr v3 spec): the inner chunks' encoded bytes, then an index of
+``n`` little-endian ``(offset, nbytes)`` uint64 pairs in C order over the inner-chunk grid, then the CRC32C of
+that index (``index_location: end``; ``offset = nbytes = 2**64 - 1`` marks an absent chunk, read as zeros).
+zarr-python spends ~0.3 ms of bookkeeping per inner chunk, which makes a naive sharded read no faster than
+decoding PNGs (../shared/RXRX2.md); here each inner chunk costs one call into the codec library, which releases
+the GIL, so threads decode in parallel. The bytes written are exactly what zarr-python reads (tests check both
+directions), so the store stays a standard Zarr v3 store.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import crc32c
+import imagecodecs
+import numcodecs
+import numpy as np
+import numpy.typing as npt
+
+from ._errors import StoreFormatError
+from ._layout import ALLOWED_CODECS, SiteArraySpec
+
+__all__ = ["MISSING", "ShardCodec", "ShardDataError", "ShardIndexError"]
+
+MISSING = np.uint64(2**64 - 1)
+_BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+Pixels = npt.NDArray[np.uint8]
+
+
+class ShardIndexError(ValueError):
+    """The shard's index is truncated or fails its checksum (the caller names the site and object)."""
+
+
+class ShardDataError(ValueError):
+    """An inner chunk of a shard does not decode (the caller names the site and object)."""
+
+
+@dataclass(frozen=True)
+class _Step:
+    kind: str  # "astype" | "pcodec" | "blosc" | "zstd"
+    config: Mapping[str, Any]
+
+
+def _parse_chain(codecs: Sequence[Mapping[str, Any]], where: str) -> list[_Step]:
+    """Validate an inner codec chain against the allowlist and return its steps (``bytes`` omitted).
+
+    Accepted shapes: ``bytes, blosc|zstd`` and ``numcodecs.astype(uint8->uint16), numcodecs.pcodec``.
+    """
+    for codec in codecs:
+        if codec.get("name") not in ALLOWED_CODECS:
+            raise StoreFormatError(f"{where}: codec {codec.get('name')!r} is not one this library writes; refusing to read it")
+    names = [str(c.get("name")) for c in codecs]
+    configs = [dict(c.get("configuration") or {}) for c in codecs]
+    if names in (["bytes", "blosc"], ["bytes", "zstd"]):
+        return [_Step(names[1], configs[1])]
+    if names == ["numcodecs.astype", "numcodecs.pcodec"]:
+        if configs[0].get("encode_dtype") != "uint16" or configs[0].get("decode_dtype") != "uint8":
+            raise StoreFormatError(f"{where}: unsupported astype configuration {configs[0]}")
+        return [_Step("astype", configs[0]), _Step("pcodec", configs[1])]
+    raise StoreFormatError(f"{where}: unsupported inner codec chain {names}")
+
+
+class ShardCodec:
+    """Encode a (c, y, x) uint8 site into one shard and decode all or part of it."""
+
+    def __init__(self, spec: SiteArraySpec, where: str = "site array") -> None:
+        self.spec = spec
+        meta = spec.array_metadata()
+        self._configure(meta, where)
+
+    @classmethod
+    def from_array_metadata(cls, meta: Mapping[str, Any], where: str) -> ShardCodec:
+        """Build a codec from a site array's ``zarr.json`` after checking it is one this library writes."""
+        try:
+            if meta.get("data_type") != "uint8" or meta.get("zarr_format") != 3:
+                raise StoreFormatError(f"{where}: expected a Zarr v3 uint8 array")
+            shape = [int(v) for v in meta["shape"]]
+            outer = [int(v) for v in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+            (sharding,) = meta["codecs"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreFormatError(f"{where}: malformed array metadata ({exc})") from None
+        config = sharding.get("configuration", {}) if isinstance(sharding, Mapping) else {}
+        inner = [int(v) for v in config.get("chunk_shape", [])]
+        if len(inner) != 3 or inner[0] != 1 or len(shape) != 3:
+            raise StoreFormatError(f"{where}: unexpected inner chunk shape {inner} for array shape {shape}")
+        padded = [shape[0]] + [-(-s // c) * c for s, c in zip(shape[1:], inner[1:], strict=True)]
+        if sharding.get("name") != "sharding_indexed" or outer != padded:
+            raise StoreFormatError(f"{where}: expected one shard spanning the (c, y, x) array")
+        self = cls.__new__(cls)
+        self.spec = None  # type: ignore[assignment]
+        self._configure(dict(meta), where)
+        return self
+
+    def _configure(self, meta: Mapping[str, Any], where: str) -> None:
+        sharding = meta["codecs"][0]
+        config = sharding["configuration"]
+        if config.get("index_location", "end") != "end":
+            raise StoreFormatError(f"{where}: shard index must be at the end")
+        index_names = [c.get("name") for c in config.get("index_codecs", [])]
+        if index_names != ["bytes", "crc32c"]:
+            raise StoreFormatError(f"{where}: unexpected shard index codecs {index_names}")
+        self.shape: tuple[int, int, int] = tuple(int(v) for v in meta["shape"])  # type: ignore[assignment]
+        self.chunk: tuple[int, int, int] = tuple(int(v) for v in config["chunk_shape"])  # type: ignore[assignment]
+        self.grid: tuple[int, int, int] = tuple(-(-s // c) for s, c in zip(self.shape, self.chunk, strict=True))  # type: ignore[assignment]
+        self.shard_shape = tuple(int(v) for v in meta["chunk_grid"]["configuration"]["chunk_shape"])
+        self.n_chunks = int(np.prod(self.grid))
+        self.index_nbytes = 16 * self.n_chunks + 4
+        self.steps = _parse_chain(config["codecs"], where)
+        self._chunk_nbytes = int(np.prod(self.chunk))
+        self._blosc = [
+            numcodecs.Blosc(
+                cname=s.config["cname"],
+                clevel=int(s.config["clevel"]),
+                shuffle=_BLOSC_SHUFFLE[s.config["shuffle"]],
+                blocksize=int(s.config.get("blocksize", 0)),
+            )
+            for s in self.steps
+            if s.kind == "blosc"
+        ]
+        self._pcodec = [
+            numcodecs.PCodec(level=int(s.config.get("level", 8))) for s in self.steps if s.kind == "pcodec"
+        ]
+        self._zstd = [
+            numcodecs.Zstd(level=int(s.config.get("level", 0)), checksum=bool(s.config.get("checksum", False)))
+            for s in self.steps
+            if s.kind == "zstd"
+        ]
+
+    # --- encoding -------------------------------------------------------------------------------------------------
+
+    def _encode_chunk(self, chunk: Pixels) -> bytes:
+        data: Any = np.ascontiguousarray(chunk)
+        for step in self.steps:
+            if step.kind == "astype":
+                data = data.astype(np.uint16)
+            elif step.kind == "pcodec":
+                data = self._pcodec[0].encode(data)
+            elif step.kind == "blosc":
+                data = self._blosc[0].encode(data)
+            else:
+                data = self._zstd[0].encode(data)
+        return bytes(data)
+
+    def encode(self, pixels: Pixels) -> bytes:
+        """Encode a whole site; all-zero inner chunks are stored as absent (they read back as the fill value 0)."""
+        if pixels.shape != self.shape or pixels.dtype != np.uint8:
+            raise ValueError(f"expected uint8 pixels of shape {self.shape}, got {pixels.dtype} {pixels.shape}")
+        _, cy, cx = self.chunk
+        parts: list[bytes] = []
+        index = np.full((self.n_chunks, 2), MISSING, dtype="<u8")
+        offset = 0
+        padded = np.zeros(self.chunk[1:], dtype=np.uint8)
+        for flat, (c, gy, gx) in enumerate(np.ndindex(*self.grid)):
+            block = pixels[c, gy * cy : (gy + 1) * cy, gx * cx : (gx + 1) * cx]
+            if block.shape != (cy, cx):  # edge chunks are stored full size, padded with the fill value
+                padded[:] = 0
+                padded[: block.shape[0], : block.shape[1]] = block
+                block = padded
+            if not block.any():
+                continue
+            encoded = self._encode_chunk(block)
+            index[flat] = (offset, len(encoded))
+            parts.append(encoded)
+            offset += len(encoded)
+        index_bytes = index.tobytes()
+        parts.append(index_bytes)
+        parts.append(crc32c.crc32c(index_bytes).to_bytes(4, "little"))
+        return b"".join(parts)
+
+    # --- decoding -------------------------------------------------------------------------------------------------
+
+    def parse_index(self, tail: bytes | memoryview) -> npt.NDArray[np.uint64]:
+        """Parse the shard index from the shard's last :attr:`index_nbytes` bytes (or the whole shard).
+
+        Besides the CRC32C, every present entry must describe a plausible chunk (no longer than
+        :attr:`max_chunk_nbytes`), so that an untrusted index can never make a reader fetch or allocate absurd sizes.
+        """
+        if len(tail) < self.index_nbytes:
+            raise ShardIndexError(f"shard is {len(tail)} bytes, shorter than its index ({self.index_nbytes} bytes)")
+        view = memoryview(tail)[len(tail) - self.index_nbytes :]
+        body, checksum = view[:-4], int.from_bytes(view[-4:], "little")
+        if crc32c.crc32c(body) != checksum:
+            raise ShardIndexError("shard index checksum mismatch (corrupt or truncated object)")
+        index = np.frombuffer(body, dtype="<u8").reshape(self.n_chunks, 2)
+        offsets, sizes = index[:, 0], index[:, 1]
+        missing = (offsets == MISSING) & (sizes == MISSING)
+        if np.any(~missing & ((sizes > self.max_chunk_nbytes) | (offsets > np.uint64(2**62)))):
+            raise ShardIndexError(f"shard index has an implausible chunk entry (larger than {self.max_chunk_nbytes} bytes)")
+        return index
+
+    def chunks_for(self, channels: Sequence[int] | None, region: tuple[int, int, int, int] | None) -> list[int]:
+        """Flat indices of the inner chunks touched by 0-based ``channels`` and ``region=(y0, y1, x0, x1)``."""
+        _, height, width = self.shape
+        _, cy, cx = self.chunk
+        y0, y1, x0, x1 = region if region is not None else (0, height, 0, width)
+        chans = range(self.shape[0]) if channels is None else channels
+        gy_range = range(y0 // cy, -(-y1 // cy))
+        gx_range = range(x0 // cx, -(-x1 // cx))
+        return [(c * self.grid[1] + gy) * self.grid[2] + gx for c in chans for gy in gy_range for gx in gx_range]
+
+    @property
+    def max_chunk_nbytes(self) -> int:
+        """Upper bound on an encoded inner chunk: raw size plus generous codec overhead (zstd/blosc worst case)."""
+        return self._chunk_nbytes + self._chunk_nbytes // 8 + 4096
+
+    def decode_chunk(self, data: bytes | memoryview) -> Pixels:
+        """Decode one inner chunk's bytes to a (cy, cx) uint8 array."""
+        chunk = np.empty(self._chunk_nbytes, dtype=np.uint8)
+        self._decode_into(data, chunk, chunk)
+        return chunk.reshape(self.chunk[1:])
+
+    def _decode_into(self, data: bytes | memoryview, out: Pixels, scratch: Pixels) -> None:
+        """Decode one inner chunk into the flat uint8 buffer ``out`` (``scratch``: spare buffer of the same size)."""
+        kind = self.steps[-1].kind
+        if kind == "blosc":
+            _check_blosc_header(data, self._chunk_nbytes)
+            numcodecs.blosc.decompress(data, out)
+        elif kind == "zstd":
+            try:
+                decoded = imagecodecs.zstd_decode(data, out=_any(out))
+            except imagecodecs.ZstdError as exc:
+                raise ShardDataError(f"zstd inner chunk does not decode ({exc})") from None
+            if len(decoded) != self._chunk_nbytes:
+                raise ShardDataError(f"zstd inner chunk decoded to {len(decoded)} bytes, expected {self._chunk_nbytes}")
+        else:
+            # pcodec works on uint16 (see CodecProfile); values above 255 can only come from a corrupt chunk
+            try:
+                values = np.asarray(self._pcodec[0].decode(data))
+            except (RuntimeError, ValueError) as exc:
+                raise ShardDataError(f"pcodec inner chunk does not decode ({exc})") from None
+            if values.dtype != np.uint16 or values.size != self._chunk_nbytes:
+                raise ShardDataError(f"pcodec inner chunk decoded to {values.dtype} x {values.size}, expected uint16 x {self._chunk_nbytes}")
+            np.copyto(out, values.reshape(-1), casting="unsafe")
+        del scratch
+
+    def decode(
+        self,
+        shard: bytes | memoryview,
+        channels: Sequence[int] | None = None,
+        region: tuple[int, int, int, int] | None = None,
+        out: Pixels | None = None,
+        executor: Executor | None = None,
+        tasks: int = 1,
+    ) -> Pixels:
+        """Decode a whole shard object (or the chunks of it that ``channels``/``region`` need)."""
+        index = self.parse_index(shard)
+        view = memoryview(shard)
+        data_end = len(view) - self.index_nbytes
+        pieces = {}
+        for flat, (start, end) in self.ranges_for(index, channels, region).items():
+            if end > data_end:
+                raise ShardIndexError(f"inner chunk {flat} lies outside the shard ({end} > {data_end} bytes)")
+            pieces[flat] = view[start:end]
+        return self.assemble(pieces, channels, region, out, executor=executor, tasks=tasks)
+
+    def ranges_for(
+        self, index: npt.NDArray[np.uint64], channels: Sequence[int] | None, region: tuple[int, int, int, int] | None
+    ) -> dict[int, tuple[int, int]]:
+        """``{flat: (start, end)}`` byte ranges of the stored inner chunks that a read needs."""
+        ranges = {}
+        for flat in self.chunks_for(channels, region):
+            offset, nbytes = index[flat]
+            if offset == MISSING and nbytes == MISSING:
+                continue
+            ranges[flat] = (int(offset), int(offset) + int(nbytes))
+        return ranges
+
+    def assemble(
+        self,
+        pieces: Mapping[int, bytes | memoryview],
+        channels: Sequence[int] | None = None,
+        region: tuple[int, int, int, int] | None = None,
+        out: Pixels | None = None,
+        executor: Executor | None = None,
+        tasks: int = 1,
+    ) -> Pixels:
+        """Decode inner chunks ``{flat: bytes}`` into the (c, h, w) output of ``channels`` x ``region``.
+
+        Chunks absent from ``pieces`` read as the fill value 0. With an ``executor``, the chunks are split into
+        ``tasks`` groups decoded concurrently (each group writes disjoint parts of ``out``).
+        """
+        _, height, width = self.shape
+        _, cy, cx = self.chunk
+        y0, y1, x0, x1 = region if region is not None else (0, height, 0, width)
+        if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+            raise ValueError(f"region {(y0, y1, x0, x1)} is not inside the {height} x {width} site")
+        chans = list(range(self.shape[0])) if channels is None else list(channels)
+        shape = (len(chans), y1 - y0, x1 - x0)
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)  # every pixel is written below: no need to zero it first
+        elif out.shape != shape or out.dtype != np.uint8:
+            raise ValueError(f"out has shape {out.shape} {out.dtype}, expected {shape} uint8")
+        jobs: list[_Job] = []
+        for k, c in enumerate(chans):
+            for gy in range(y0 // cy, -(-y1 // cy)):
+                for gx in range(x0 // cx, -(-x1 // cx)):
+                    flat = (c * self.grid[1] + gy) * self.grid[2] + gx
+                    # intersection of this chunk with the region, in output and chunk coordinates
+                    ay0, ay1 = max(y0, gy * cy), min(y1, (gy + 1) * cy)
+                    ax0, ax1 = max(x0, gx * cx), min(x1, (gx + 1) * cx)
+                    target = (k, slice(ay0 - y0, ay1 - y0), slice(ax0 - x0, ax1 - x0))
+                    source = (slice(ay0 - gy * cy, ay1 - gy * cy), slice(ax0 - gx * cx, ax1 - gx * cx))
+                    jobs.append((pieces.get(flat), target, source))
+        groups = max(1, min(tasks, len(jobs)))
+        if executor is None or groups == 1:
+            self._run_jobs(jobs, out)
+        else:
+            futures = [executor.submit(self._run_jobs, jobs[i::groups], out) for i in range(groups)]
+            for future in futures:
+                future.result()
+        return out
+
+    def _run_jobs(self, jobs: Sequence[_Job], out: Pixels) -> None:
+        chunk = np.empty(self.chunk[1:], dtype=np.uint8)
+        scratch = np.empty(self._chunk_nbytes, dtype=np.uint8)
+        for data, target, source in jobs:
+            view = out[target]
+            if data is None:
+                view[...] = 0  # absent chunk: fill value
+            elif view.shape == chunk.shape and view.flags.c_contiguous:
+                # the chunk lands on a contiguous block of the output (full-width chunks): decode straight into it
+                self._decode_into(data, view.reshape(-1), scratch)
+            else:
+                self._decode_into(data, chunk.reshape(-1), scratch)
+                view[...] = chunk[source]
+
+
+_Job = tuple["bytes | memoryview | None", tuple[int, slice, slice], tuple[slice, slice]]
+
+
+def _check_blosc_header(data: bytes | memoryview, expected: int) -> None:
+    """Validate a Blosc 1 frame header before handing untrusted bytes to the C decoder (which trusts it)."""
+    if len(data) < 16:
+        raise ShardDataError(f"blosc inner chunk is {len(data)} bytes, shorter than its header")
+    nbytes, _blocksize, cbytes = struct.unpack_from("<III", data, 4)
+    if nbytes != expected or cbytes != len(data):
+        raise ShardDataError(
+            f"blosc inner chunk header says {nbytes} bytes ({cbytes} compressed); expected {expected} ({len(data)})"
+        )
+
+
+def iter_chunk_slices(codec: ShardCodec) -> Iterable[tuple[int, int, int]]:
+    return np.ndindex(*codec.grid)
+
+
+def _any(array: Pixels) -> Any:
+    """imagecodecs' stubs type ``out`` as bytearray/memoryview; any writable contiguous buffer works."""
+    return array

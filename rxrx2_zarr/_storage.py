@@ -1,0 +1,168 @@
+"""Store I/O through fsspec: one small object that the converter and the reader share.
+
+Keys are ``/``-separated and relative to the store root. Every key is checked before use so that a key taken
+from an untrusted store (the index's ``path`` column) can never address anything outside the store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import fsspec
+
+from . import _fs
+from ._errors import StoreFormatError
+
+__all__ = ["StoreIO", "check_key"]
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9._\-]+$")
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative store key, else raise :class:`StoreFormatError`."""
+    parts = key.split("/") if isinstance(key, str) else []
+    if not parts or any(p in ("", ".", "..") or not _KEY_PART.match(p) for p in parts):
+        raise StoreFormatError(f"unsafe store key {key!r}: must be a relative path of plain names, no '..'")
+    return key
+
+
+class StoreIO:
+    """Read and write whole objects, byte ranges and listings under one store root (a path or fsspec URL)."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = str(url)
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.fs, self.root = _fs.resolve(self.url, self.storage_options)
+        self.local = _fs.is_local(self.fs)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable for worker processes: rebuild from url and options
+        return (StoreIO, (self.url, self.storage_options))
+
+    def path(self, key: str) -> str:
+        return _fs.join(self.root, check_key(key))
+
+    # --- reads ----------------------------------------------------------------------------------------------------
+
+    def read(self, key: str) -> bytes:
+        return bytes(self.fs.cat_file(self.path(key)))
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        return bytes(self.fs.cat_file(self.path(key), start=start, end=end))
+
+    def read_suffix(self, key: str, nbytes: int) -> bytes:
+        """The last ``nbytes`` of an object (one ranged request on object stores)."""
+        return bytes(self.fs.cat_file(self.path(key), start=-nbytes))
+
+    def read_ranges(self, key: str, ranges: Iterable[tuple[int, int]]) -> list[bytes]:
+        spans = list(ranges)
+        path = self.path(key)
+        if not spans:
+            return []
+        if self.local:
+            # one open, several preads: cat_ranges would reopen the file per range
+            with open(path, "rb") as handle:
+                return [os.pread(handle.fileno(), end - start, start) for start, end in spans]
+        return [bytes(b) for b in self.fs.cat_ranges([path] * len(spans), [s for s, _ in spans], [e for _, e in spans])]
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self.path(key)))
+
+    def root_exists(self) -> bool:
+        return bool(self.fs.exists(self.root))
+
+    def is_empty_or_missing(self) -> bool:
+        if not self.fs.exists(self.root):
+            return True
+        if self.fs.isfile(self.root):
+            return False
+        return len(self.fs.ls(self.root, detail=False)) == 0
+
+    def find(self, prefix: str = "", detail: bool = False) -> dict[str, int]:
+        """``{key: size}`` of every object under ``prefix`` (sizes are 0 unless ``detail``)."""
+        base = self.path(prefix) if prefix else self.root
+        if not self.fs.exists(base):
+            return {}
+        found = self.fs.find(base, detail=detail)
+        strip = len(self.root.rstrip("/")) + 1
+        if detail:
+            return {str(p)[strip:]: int(info.get("size") or 0) for p, info in found.items()}
+        return {str(p)[strip:]: 0 for p in found}
+
+    # --- writes ---------------------------------------------------------------------------------------------------
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write a whole object. Locally the write is atomic (temp file + rename), so a killed writer never leaves
+        a torn object; object stores make whole-object PUTs atomic themselves."""
+        path = self.path(key)
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.partial"
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def write_many(self, items: Mapping[str, bytes]) -> None:
+        """Write many small objects (bulk metadata); remote filesystems send them concurrently."""
+        if self.local:
+            for key, data in items.items():
+                self.write(key, data)
+        elif items:
+            self.fs.pipe({self.path(k): v for k, v in items.items()})
+
+    def write_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if absent; return False if it already exists.
+
+        Atomic locally (``O_EXCL``); on object stores this is check-then-put, which narrows but cannot close
+        the race between two writers starting at the same instant.
+        """
+        path = self.path(key)
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return True
+        if self.fs.exists(path):
+            return False
+        self.fs.pipe_file(path, data)
+        return True
+
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
+
+    def remove_root(self) -> None:
+        if self.fs.exists(self.root):
+            self.fs.rm(self.root, recursive=True)
+
+    # --- zarr -----------------------------------------------------------------------------------------------------
+
+    def zarr_store(self, read_only: bool = True) -> Any:
+        """A zarr-python store over the same filesystem and root (for the index and embeddings arrays)."""
+        import zarr.storage
+
+        if self.local:
+            return zarr.storage.LocalStore(self.root, read_only=read_only)
+        fs: fsspec.AbstractFileSystem = self.fs
+        if not fs.async_impl:
+            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+            fs = AsyncFileSystemWrapper(fs)
+        return zarr.storage.FsspecStore(fs, path=self.root, read_only=read_only)

@@ -1,0 +1,230 @@
+"""The ``rxrx2-zarr`` command line: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from ._errors import RxRx2ZarrError
+from ._layout import DEFAULT_INNER_CHUNKS, DEFAULT_PROFILE, PROFILES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs to a dict; values are JSON when they parse (``true``, ``3``), else strings; a dotted key
+    nests (``client_kwargs.region_name=us-east-1``)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--storage-option")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        target = options
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return options
+
+
+def _merge(common: dict[str, Any], specific: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(common)
+    for key, value in specific.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+def _chunks(value: str) -> tuple[int, int]:
+    try:
+        y, x = (int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected Y,X (e.g. 256,256), got {value!r}", param_hint="--inner-chunks") from None
+    return y, x
+
+
+def storage_option_flags(function: F) -> F:
+    function = click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+                            help="fsspec storage option for every URL of the command (repeatable).")(function)
+    return function
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    """Turn the library's errors into a one-line message and a non-zero exit, not a traceback."""
+    try:
+        return action()
+    except RxRx2ZarrError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except ValueError as exc:  # invalid option values rejected by the library's validated dataclasses
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="rxrx2-zarr")
+def main() -> None:
+    """Convert RxRx2 (PNG tree) to one OME-NGFF 0.5 HCS Zarr v3 store and read it back lazily."""
+
+
+@main.command()
+@click.argument("out")
+@click.option("--experiments", default=2, show_default=True, help="Number of experiments (HUVEC-1, HUVEC-2, ...).")
+@click.option("--plates", default=2, show_default=True, help="Plates per experiment.")
+@click.option("--wells", default=3, show_default=True, help="Wells per plate (1..1380).")
+@click.option("--sites", default=4, show_default=True, help="Sites per well (1..4).")
+@click.option("--size", default=1024, show_default=True, help="Image edge in pixels.")
+@click.option("--embedding-dim", default=128, show_default=True, help="Embedding columns.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Parallel processes.")
+@click.option("--from-metadata", type=str, default=None, help="Render the rows of this metadata CSV instead.")
+@click.option("--limit", type=int, default=None, help="With --from-metadata: its first N rows.")
+@click.option("--metadata-only", is_flag=True, help="Write the CSVs only, no images (full-scale layout tests).")
+@click.option("--quiet", is_flag=True)
+def synth(out: str, experiments: int, plates: int, wells: int, sites: int, size: int, embedding_dim: int, seed: int,
+          workers: int, from_metadata: str | None, limit: int | None, metadata_only: bool, quiet: bool) -> None:
+    """Write a source tree shaped exactly like RxRx2 (PNGs, metadata.csv, embeddings.csv) to OUT."""
+    from ._synth import synth as run
+
+    report = _run(lambda: run(out, experiments=experiments, plates=plates, wells=wells, sites=sites, size=size,
+                              embedding_dim=embedding_dim, seed=seed, workers=workers, from_metadata=from_metadata,
+                              limit=limit, metadata_only=metadata_only, progress=not quiet))
+    click.echo(report.summary())
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True,
+              help="Codec profile (all lossless).")
+@click.option("--inner-chunks", default=",".join(map(str, DEFAULT_INNER_CHUNKS)), show_default=True,
+              help="Inner chunk shape Y,X inside each site's shard (partial reads).")
+@click.option("--pixel-size", type=float, default=None, help="Pixel size in micrometres (unknown for RxRx2).")
+@click.option("--experiments", default=None, help="Comma-separated experiments to convert.")
+@click.option("--plates", default=None, help="Comma-separated plate numbers to convert.")
+@click.option("--limit", type=int, default=None, help="Convert only the first N sites (store order).")
+@click.option("--no-pixels", is_flag=True, help="Write tree, attributes, index and embeddings, but no pixels.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="On a bad site: stop, or skip it and list it in the report and the store.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted conversion into DST.")
+@click.option("--break-lock", is_flag=True, help="Take over a lock held by a converter that is gone.")
+@click.option("--workers", default=1, show_default=True, help="Parallel workers (threads, or processes with --processes).")
+@click.option("--processes", is_flag=True, help="Run on a local Dask cluster of --workers processes.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster.")
+@storage_option_flags
+@click.option("--src-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for SRC only.")
+@click.option("--dst-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for DST only.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def convert(src: str, dst: str, profile: str, inner_chunks: str, pixel_size: float | None, experiments: str | None,
+            plates: str | None, limit: int | None, no_pixels: bool, on_error: str, overwrite: bool, resume: bool,
+            break_lock: bool, workers: int, processes: bool, scheduler: str | None, storage_option: Sequence[str],
+            src_storage_option: Sequence[str], dst_storage_option: Sequence[str], quiet: bool) -> None:
+    """Convert the RxRx2 tree SRC into the Zarr store DST (paths or fsspec URLs)."""
+    from ._convert import ConvertOptions, convert as run
+
+    common = parse_storage_options(storage_option)
+    plate_numbers = _csv(plates)
+
+    def build() -> Any:
+        options = ConvertOptions(
+            profile=profile, inner_chunks=_chunks(inner_chunks), pixel_size=pixel_size,
+            experiments=_csv(experiments), plates=tuple(int(p) for p in plate_numbers) if plate_numbers else None,
+            limit=limit, no_pixels=no_pixels, on_error=on_error,  # type: ignore[arg-type]
+            overwrite=overwrite, resume=resume, break_lock=break_lock, workers=workers, processes=processes,
+            scheduler=scheduler, progress=not quiet,
+            src_storage_options=_merge(common, parse_storage_options(src_storage_option)),
+            dst_storage_options=_merge(common, parse_storage_options(dst_storage_option)),
+        )
+        return run(src, dst, options)
+
+    report = _run(build)
+    click.echo(report.summary())
+    if report.skipped:
+        sys.exit(3)  # the store is complete but lacks sites: scripts must notice
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--sample", type=int, default=None, help="Compare the pixels of N random sites instead of all.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --sample draw.")
+@click.option("--workers", default=2, show_default=True, help="Threads decoding in parallel.")
+@storage_option_flags
+@click.option("--quiet", is_flag=True)
+def verify(src: str, dst: str, sample: int | None, seed: int, workers: int, storage_option: Sequence[str], quiet: bool) -> None:
+    """Check DST against SRC: every pixel, checksums, NGFF metadata, index and embeddings."""
+    from ._verify import verify as run
+
+    options = parse_storage_options(storage_option)
+    report = _run(lambda: run(src, dst, sample=sample, seed=seed, workers=workers, storage_options=options,
+                              progress=not quiet))
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("dst")
+@storage_option_flags
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(dst: str, storage_option: Sequence[str], as_json: bool) -> None:
+    """Counts per experiment and plate, bytes and objects on disk, compression against the source."""
+    from ._info import info as run
+
+    report = _run(lambda: run(dst, storage_options=parse_storage_options(storage_option)))
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
+
+
+@main.command()
+@click.argument("dst")
+@click.argument("site_ids", nargs=-1)
+@click.option("-o", "--out", required=True, help="Output PNG path.")
+@click.option("--treatment", default=None, help="Select sites by treatment (e.g. IL-26, EMPTY).")
+@click.option("--experiment", default=None)
+@click.option("--plate", type=int, default=None)
+@click.option("--well", default=None)
+@click.option("--max", "max_sites", default=16, show_default=True, help="At most this many tiles.")
+@storage_option_flags
+def show(dst: str, site_ids: Sequence[str], out: str, treatment: str | None, experiment: str | None,
+         plate: int | None, well: str | None, max_sites: int, storage_option: Sequence[str]) -> None:
+    """Render sites (by id or by selection) as a labelled RGB montage PNG, with Recursion's channel colours."""
+    from ._render import show as run
+
+    select = {k: v for k, v in {"treatment": treatment, "experiment": experiment, "plate": plate, "well": well}.items()
+              if v is not None}
+    if not site_ids and not select:
+        raise click.UsageError("give SITE_IDs or a selection (--treatment, --experiment, --plate, --well)")
+    path = _run(lambda: run(dst, list(site_ids), out=out, select=select or None, max_sites=max_sites,
+                            storage_options=parse_storage_options(storage_option)))
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("workdir", required=False)
+@click.option("--size", default=1024, show_default=True, help="Image edge in pixels.")
+@click.option("--wells", default=4, show_default=True, help="Wells per plate (1 experiment x 2 plates).")
+@click.option("--workers", default=2, show_default=True)
+def demo(workdir: str | None, size: int, wells: int, workers: int) -> None:
+    """Generate a small RxRx2-shaped dataset, convert it, verify it and compare read speed with the PNGs."""
+    from ._demo import demo as run
+
+    _run(lambda: run(workdir, size=size, wells=wells, workers=workers, echo=click.echo))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
