@@ -1,12 +1,17 @@
 """Running one task per site on Dask: local threads, a local process cluster, or an existing cluster.
 
 Results are handed to ``on_result`` as tasks finish, in the calling thread, so the caller can drive a progress
-bar and collect results without locks. Tasks must be idempotent: distributed retries a task whose worker died.
+bar and collect results without locks, the same way whatever runs the tasks. Tasks must be idempotent:
+distributed re-runs a task whose worker died (up to ``distributed.scheduler.allowed-failures`` times, default 3)
+and retries a task that raised (``RETRIES`` times), so a task can run more than once, even concurrently with a
+copy of itself on a worker that is gone but still writing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,8 +21,14 @@ __all__ = ["ExecutionConfig", "run_tasks"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: How often distributed retries a task whose worker was lost (or that raised an OSError-like failure).
+#: How often distributed retries a task that raised (a transient store error, say). A task whose worker died
+#: is re-run by the scheduler itself, whatever this says.
 RETRIES = 3
+
+#: At most this many tasks (or four per worker thread, if more) are submitted to a cluster at once; more are
+#: submitted as these finish. Enough to keep every thread busy and let the scheduler balance and steal, while
+#: 131,953 sites never sit in the scheduler (and their results on the workers) at the same time.
+WINDOW = 1024
 
 
 @dataclass(frozen=True)
@@ -51,13 +62,18 @@ def _client(config: ExecutionConfig) -> Iterator[Any]:
         from distributed import Client, LocalCluster
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError("--scheduler/--processes need the 'distributed' extra: pip install 'rxrx2-zarr[distributed]'") from exc
+    # set_as_default=False: our client must not become the process-wide default for the caller's own dask work
     if config.scheduler:
-        with Client(config.scheduler) as client:
+        try:
+            client = Client(config.scheduler, set_as_default=False)
+        except OSError as exc:  # distributed's connect timeout: say which address, not only "Timed out"
+            raise OSError(f"cannot reach the Dask scheduler at {config.scheduler}: {exc}") from exc
+        with client:
             yield client
     else:
         with (
             LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-            Client(cluster) as client,
+            Client(cluster, set_as_default=False) as client,
         ):
             yield client
 
@@ -99,10 +115,35 @@ def _run_distributed(function: Callable[[T], R], items: Sequence[T], config: Exe
     from distributed import as_completed
 
     with _client(config) as client:
-        futures = client.map(function, list(items), pure=False, retries=RETRIES)
+        # Named keys (unique per run: a shared cluster may run several conversions) read well on the dashboard.
+        run = uuid.uuid4().hex[:8]
+        queue = iter(enumerate(items))
+        window = max(WINDOW, 4 * sum(client.nthreads().values()))
+
+        def submit(n: int) -> list[Any]:
+            batch = list(itertools.islice(queue, n))
+            if not batch:
+                return []
+            return list(
+                client.map(
+                    function,
+                    [item for _, item in batch],
+                    key=[f"rxrx2-{run}-{i}" for i, _ in batch],
+                    pure=False,
+                    retries=RETRIES,
+                )
+            )
+
+        pending = as_completed(submit(window))
         try:
-            for future in as_completed(futures):
-                on_result(future.result())
+            for future in pending:
+                result = future.result()
+                # Drop the finished future now, so its worker frees the result and a later loss of that worker
+                # does not make the scheduler recompute a site that is already written.
+                future.release()
+                del future
+                pending.update(submit(1))
+                on_result(result)
         except BaseException:
-            client.cancel(futures)
+            client.cancel(list(pending.futures))
             raise

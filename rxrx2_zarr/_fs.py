@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
 
-__all__ = ["is_local", "join", "resolve"]
+__all__ = ["async_filesystem", "is_local", "is_process_local", "join", "portable_url", "resolve"]
+
+#: Filesystems whose data lives in the memory of one process: a worker process sees its own, empty, copy.
+_PROCESS_LOCAL = frozenset({"memory"})
 
 
 def resolve(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -26,6 +30,43 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else str(fs.protocol[0])
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
+    return _protocol(fs) in ("file", "local")
+
+
+def is_process_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for filesystems that another process cannot see (``memory://``): fine for threads, not for a cluster."""
+    return _protocol(fs) in _PROCESS_LOCAL
+
+
+def portable_url(url: str) -> str:
+    """``url`` as another process can resolve it: a relative local path becomes absolute.
+
+    Task arguments travel as URLs and are resolved again in each worker process, whose working directory need not
+    be the caller's (``dask worker`` started elsewhere). URLs with a protocol are returned unchanged.
+    """
+    text = str(url)
+    if "://" in text or "::" in text:
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def async_filesystem(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem:
+    """An asynchronous filesystem on the same storage as ``fs``, for zarr-python's ``FsspecStore``.
+
+    zarr-python runs its own event loop. A synchronous instance of an async filesystem (s3fs, gcsfs) is bound to
+    fsspec's loop, and its sessions fail with "attached to a different loop" when awaited from zarr's. So async
+    filesystems get a separate instance created with ``asynchronous=True`` (private: ``skip_instance_cache``, so its
+    listing cache is fresh and no other caller shares it); synchronous ones (local, memory) are wrapped, keeping
+    the very same instance (a ``memory://`` store must stay the same dictionary).
+    """
+    if fs.async_impl:
+        options = {**fs.storage_options, "asynchronous": True, "skip_instance_cache": True}
+        return type(fs)(*fs.storage_args, **options)  # type: ignore[no-any-return]
+    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+    return AsyncFileSystemWrapper(fs, asynchronous=True)

@@ -70,7 +70,8 @@ def static_documents(
                 }
             )
         )
-        for plate, plate_rows in exp_rows.groupby("plate", sort=False):
+        for _, plate_rows in exp_rows.groupby("plate", sort=False):
+            plate = int(plate_rows["plate"].iloc[0])
             plate_key = f"{experiment}/Plate{plate}"
             wells = [WellAddress.parse(w) for w in plate_rows["well"].unique()]
             field_count = int(plate_rows.groupby("well", sort=False).size().max())
@@ -80,7 +81,7 @@ def static_documents(
                         "ome": plate_attributes(f"{experiment} plate {plate}", wells, field_count),
                         "rxrx2": {
                             "experiment": experiment,
-                            "plate": int(plate),
+                            "plate": plate,
                             "counts": {
                                 "wells": len(wells),
                                 "sites": len(plate_rows),
@@ -110,7 +111,8 @@ def static_documents(
                         }
                     )
                 )
-    for position, (site_id, site, path) in enumerate(zip(sites["site_id"], sites["site"], sites["path"], strict=True)):
+    rows = zip(sites["site_id"].tolist(), sites["site"].tolist(), sites["path"].tolist(), strict=True)
+    for position, (site_id, site, path) in enumerate(rows):
         docs[f"{path}/zarr.json"] = array_doc
         if include_sites:
             group = path.rsplit("/", 1)[0]

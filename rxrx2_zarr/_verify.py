@@ -75,7 +75,8 @@ def _read_index(store: StoreIO) -> pd.DataFrame:
     group = zarr.open_group(store.zarr_store(), path=INDEX_GROUP, mode="r")
     columns = {}
     for name in ("site_id", "well_id", "cell_type", "experiment", "plate", "well", "site", "treatment", "treatment_conc", "path", "checksum"):
-        columns[name] = np.asarray(group[name][:])
+        array = group[name]
+        columns[name] = np.asarray(array[...])  # type: ignore[index]
     frame = pd.DataFrame(columns)
     for name in ("site_id", "well_id", "cell_type", "experiment", "well", "treatment", "path"):
         frame[name] = frame[name].astype(str)

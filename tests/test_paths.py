@@ -21,7 +21,9 @@ from rxrx2_zarr._paths import (
 )
 
 # Experiment names: letters, digits, '.' and '-', starting with a letter or digit, never '..' (nor '_' or '/').
-experiments = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,12}", fullmatch=True).filter(lambda s: ".." not in s)
+experiments = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,12}", fullmatch=True).filter(
+    lambda s: ".." not in s
+)
 wells = st.builds(WellAddress, st.sampled_from(GRID_ROWS), st.integers(1, len(GRID_COLUMNS)))
 numbers = st.integers(1, 10**6)
 site_keys = st.builds(SiteKey, experiments, numbers, wells, numbers)
@@ -140,7 +142,15 @@ def test_malformed_site_id(site_id: str) -> None:
 
 @pytest.mark.parametrize(
     "well_id",
-    ["HUVEC-1_1_AG01", "HUVEC-1_1_B00", "HUVEC-1_1_B49", "HUVEC-1_1", "HUVEC-1_1_B02_1", "HUVEC_1_1_B02", "A..B_1_B02"],
+    [
+        "HUVEC-1_1_AG01",
+        "HUVEC-1_1_B00",
+        "HUVEC-1_1_B49",
+        "HUVEC-1_1",
+        "HUVEC-1_1_B02_1",
+        "HUVEC_1_1_B02",
+        "A..B_1_B02",
+    ],
 )
 def test_malformed_well_id(well_id: str) -> None:
     with pytest.raises(PathGrammarError) as excinfo:
@@ -174,7 +184,13 @@ def test_invalid_well_address_fields(row: str, column: int) -> None:
     ],
 )
 def test_invalid_key_fields(kwargs: dict[str, object]) -> None:
-    fields: dict[str, object] = {"experiment": "HUVEC-1", "plate": 1, "well": WellAddress("B", 2), "site": 1, "channel": 1}
+    fields: dict[str, object] = {
+        "experiment": "HUVEC-1",
+        "plate": 1,
+        "well": WellAddress("B", 2),
+        "site": 1,
+        "channel": 1,
+    }
     fields.update(kwargs)
     with pytest.raises(PathGrammarError):
         ImageKey(**fields)  # type: ignore[arg-type]

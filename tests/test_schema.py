@@ -222,7 +222,9 @@ def test_every_problem_is_listed(tmp_path: Path, sample: list[str]) -> None:
 # --- embeddings ------------------------------------------------------------------------------------------------------
 
 
-def _embeddings_text(site_ids: list[str], dim: int, edit: Callable[[list[list[str]]], None] | None = None) -> str:
+def _embeddings_text(
+    site_ids: list[str], dim: int, edit: Callable[[list[list[str]]], None] | None = None
+) -> str:
     rng = np.random.default_rng(0)
     rows = [[s, *(f"{v:.6g}" for v in rng.standard_normal(dim))] for s in site_ids]
     if edit is not None:
@@ -259,7 +261,12 @@ def test_embeddings_wrong_width(tmp_path: Path, site_ids: list[str]) -> None:
     with pytest.raises(MetadataError) as excinfo:
         load_embeddings(str(path))
     message = str(excinfo.value)
-    assert "line 5" in message and repr(site_ids[3]) in message and "5 fields" in message and "expected 6" in message
+    assert (
+        "line 5" in message
+        and repr(site_ids[3]) in message
+        and "5 fields" in message
+        and "expected 6" in message
+    )
 
 
 def test_embeddings_non_numeric(tmp_path: Path, site_ids: list[str]) -> None:
