@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import crc32c
@@ -32,6 +34,7 @@ from ._layout import (
     DEFAULT_PROFILE,
     EMBEDDINGS_ARRAY,
     INDEX_GROUP,
+    LAYOUT_VERSION,
     PROFILES,
     RootAttributes,
     SiteArraySpec,
@@ -205,9 +208,9 @@ class ConvertReport:
         if self.resumed_skipped:
             lines.append(f"resume: {self.resumed_skipped} site(s) already complete, not rewritten")
         if self.pixels:
+            ratio = f" ({self.ratio:.3f}x the PNG bytes)" if self.png_bytes else ""
             lines.append(
-                f"read {self.png_bytes / 1e6:,.1f} MB of PNG, wrote {self.stored_bytes / 1e6:,.1f} MB of shards "
-                f"({self.ratio:.3f}x the PNG bytes)"
+                f"read {self.png_bytes / 1e6:,.1f} MB of PNG, wrote {self.stored_bytes / 1e6:,.1f} MB of shards{ratio}"
             )
         else:
             lines.append("no pixels written (--no-pixels): the tree, attributes, index and embeddings only")
@@ -241,6 +244,7 @@ def library_versions() -> dict[str, str]:
 def _fingerprint(plan: ConversionPlan, spec: SiteArraySpec, options: ConvertOptions) -> dict[str, Any]:
     """What must match for ``--resume`` to continue a store: same source metadata, options and subset."""
     return {
+        "layout_version": LAYOUT_VERSION,
         "metadata_sha256": plan.metadata_sha256,
         "options": {**spec.options(), "no_pixels": options.no_pixels},
         "subset": options.subset(),
@@ -260,47 +264,105 @@ def _read_root(dst: StoreIO) -> dict[str, Any] | None:
     return attrs
 
 
+def _check_separate(src_url: str, src_options: Mapping[str, Any], dst: StoreIO) -> None:
+    """Refuse a destination inside the source tree or containing it: the source is never modified, and
+    ``--overwrite`` must never delete it."""
+    src = StoreIO(src_url, src_options)
+    a: PurePosixPath | Path
+    b: PurePosixPath | Path
+    if src.local and dst.local:
+        a, b = Path(os.path.realpath(src.root)), Path(os.path.realpath(dst.root))
+    elif src.fs.protocol == dst.fs.protocol:
+        a, b = PurePosixPath(src.root), PurePosixPath(dst.root)
+    else:
+        return
+    if a == b or b.is_relative_to(a) or a.is_relative_to(b):
+        raise StoreExistsError(
+            f"{dst.url}: the destination overlaps the source tree {src_url}; the source is never modified: "
+            "choose a destination outside it"
+        )
+
+
+def _is_partial(key: str) -> bool:
+    return key.endswith(_lock.PARTIAL_SUFFIX)
+
+
 def _prepare_destination(dst: StoreIO, options: ConvertOptions, fingerprint: Mapping[str, Any]) -> bool:
     """Check the destination before writing anything. Returns True when resuming an existing store."""
+    if dst.fs.isfile(dst.root):
+        raise StoreExistsError(f"{dst.url}: exists and is a file, not a directory; refusing to touch it")
     if dst.is_empty_or_missing():
         return False
-    if options.resume:
-        try:
-            attrs = _read_root(dst)
-        except StoreFormatError as exc:
-            raise StoreExistsError(f"{exc}; refusing to resume into it") from None
-        if attrs is None:
-            if set(dst.find()) <= {_lock.LOCK_KEY}:
-                return False  # killed between taking the lock and writing the root: nothing to keep
-            raise StoreExistsError(f"{dst.url}: exists but has no zarr.json; refusing to resume into it")
-        previous = attrs.get("fingerprint")
-        if previous != json.loads(json.dumps(fingerprint)):
+    if not options.resume and not options.overwrite:
+        raise StoreExistsError(
+            f"{dst.url}: destination exists; pass --overwrite to replace it or --resume to continue it"
+        )
+    try:
+        attrs = _read_root(dst)
+    except StoreFormatError as exc:
+        raise StoreExistsError(f"{exc}; refusing to {'resume into' if options.resume else 'replace'} it") from None
+    if attrs is None:
+        # No root document: either a converter killed before writing it (the root is the first object written
+        # after the lock and the last one removed by --overwrite, so only its lock and temporary objects are
+        # there) or something that is not ours.
+        if any(not _is_partial(k) and k != _lock.LOCK_KEY for k in dst.find()):
             raise StoreExistsError(
-                f"{dst.url}: was made from a different source or with different options; cannot resume "
-                f"(store: {json.dumps(previous, sort_keys=True)}; now: {json.dumps(fingerprint, sort_keys=True)}). "
-                "Use --overwrite to replace it."
+                f"{dst.url}: exists but is not an rxrx2-zarr store (no zarr.json); refusing to "
+                f"{'resume into' if options.resume else 'replace'} it"
             )
-        return True
+        return False
     if options.overwrite:
         return False
-    raise StoreExistsError(f"{dst.url}: destination exists; pass --overwrite to replace it or --resume to continue it")
+    previous = attrs.get("fingerprint")
+    if previous != json.loads(json.dumps(fingerprint)):
+        raise StoreExistsError(
+            f"{dst.url}: was made from a different source or with different options; cannot resume "
+            f"(store: {json.dumps(previous, sort_keys=True)}; now: {json.dumps(fingerprint, sort_keys=True)}). "
+            "Use --overwrite to replace it."
+        )
+    return True
 
 
-def _completed_sites(dst: StoreIO, plan: ConversionPlan) -> dict[int, int]:
-    """Positions (and checksums) of the sites whose completion marker is present and intact."""
-    groups = {item.group: item for item in plan.items}
-    present = {key[: -len("/zarr.json")] for key in dst.find() if key.endswith("/zarr.json")}
+def _completed_sites(dst: StoreIO, plan: ConversionPlan, listing: Mapping[str, int]) -> dict[int, int]:
+    """Positions (and checksums) of the sites whose completion marker is present and intact.
+
+    ``listing`` is the store's one listing: a marker counts only if its shard is listed too, so this costs the
+    listing plus one read per marker (concurrent on object stores), nothing per site beyond that.
+    """
+    candidates = [item for item in plan.items if f"{item.group}/zarr.json" in listing and item.shard in listing]
+    if not candidates:
+        return {}
+    keys = [f"{item.group}/zarr.json" for item in candidates]
+    if dst.local:
+        documents: list[bytes | None] = []
+        for key in keys:
+            try:
+                documents.append(dst.read(key))
+            except FileNotFoundError:
+                documents.append(None)
+    else:
+        fetched = dst.fs.cat([dst.path(k) for k in keys], on_error="return")
+        documents = [v if isinstance(v, bytes) else None for v in (fetched[dst.path(k)] for k in keys)]
     done: dict[int, int] = {}
-    for group in present & set(groups):
-        item = groups[group]
+    for item, document in zip(candidates, documents, strict=True):
+        if document is None:
+            continue
         try:
-            attrs = json.loads(dst.read(f"{group}/zarr.json"))["attributes"]["rxrx2"]
+            attrs = json.loads(document)["attributes"]["rxrx2"]
             checksum = attrs["checksum"]
-        except (ValueError, KeyError, TypeError, FileNotFoundError):
-            continue  # torn or foreign document: the site is redone
-        if isinstance(checksum, int) and attrs.get("site_id") == item.site_id and dst.exists(item.shard):
+        except (ValueError, KeyError, TypeError):
+            continue  # foreign or damaged document: the site is redone
+        if isinstance(checksum, int) and not isinstance(checksum, bool) and attrs.get("site_id") == item.site_id:
             done[item.position] = checksum
     return done
+
+
+def _remove_partials(dst: StoreIO, listing: Mapping[str, int]) -> int:
+    """Delete the temporary objects of writes a killed converter did not finish (never read by anyone)."""
+    partials = [key for key in listing if _is_partial(key)]
+    for key in partials:
+        dst.delete(key)
+    return len(partials)
 
 
 def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs: Any) -> ConvertReport:
@@ -325,12 +387,21 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
     spec = SiteArraySpec(plan.size[0], plan.size[1], options.inner_chunks, options.profile, options.pixel_size)
     fingerprint = _fingerprint(plan, spec, options)
     store = StoreIO(dst, options.dst_storage_options)
+    _check_separate(src, options.src_storage_options, store)
+    # Every refusal happens here, before the first write: a refused run leaves the destination untouched.
+    take_over = options.resume or options.overwrite
+    _lock.check(store, take_over_dead=take_over, break_lock=options.break_lock)
     resuming = _prepare_destination(store, options, fingerprint)
-    lock = _lock.acquire(store, take_over_dead=options.resume or options.overwrite, break_lock=options.break_lock)
+    lock = _lock.acquire(store, take_over_dead=take_over, break_lock=options.break_lock)
     try:
+        listing: dict[str, int] = {}
+        done: dict[int, int] = {}
         if options.overwrite and not resuming:
-            _clear_except_lock(store)
-        done = _completed_sites(store, plan) if resuming else {}
+            _clear_for_overwrite(store)
+        elif resuming:
+            listing = store.find()
+            _remove_partials(store, listing)
+            done = _completed_sites(store, plan, listing)
         root = RootAttributes(
             options=spec.options() | {"no_pixels": options.no_pixels},
             source=_source_attrs(plan, options),
@@ -339,6 +410,11 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
         )
         _write_root(store, root, fingerprint)
         docs = static_documents(plan.sites, spec, include_sites=options.no_pixels)
+        if resuming:
+            # Array documents depend only on the fingerprint, which matched, and every write is whole-object, so a
+            # listed one is already right; group documents are rewritten (a previous run may have dropped sites).
+            array_docs = {f"{item.array}/zarr.json" for item in plan.items}
+            docs = {k: v for k, v in docs.items() if k not in array_docs or k not in listing}
         store.write_many(docs)
 
         results: dict[int, SiteResult] = {}
@@ -352,13 +428,21 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
                 bar.advance(result.png_bytes)
 
             if not options.no_pixels:
-                run_tasks(job, todo, options.execution, collect)
+                try:
+                    run_tasks(job, todo, options.execution, collect)
+                except ImageError as exc:
+                    raise ImageError(
+                        f"{exc}\n(stopped at this site; the {len(results)} site(s) converted so far are kept: fix the "
+                        "source and rerun with --resume, or convert with --on-error skip)"
+                    ) from None
 
         skipped = list(plan.skipped) + [r.skip for r in results.values() if r.skip is not None]
         checksums = {pos: r.checksum for pos, r in results.items() if r.skip is None}
         checksums.update(done)
         report_skips = tuple(skipped)
-        _finalize(store, plan, spec, root, fingerprint, checksums, report_skips, options.no_pixels)
+        # Only the lock's holder may mark the store complete: stop if someone broke our lock meanwhile.
+        _lock.ensure_held(store, lock)
+        counts = _finalize(store, plan, spec, root, fingerprint, checksums, report_skips, options.no_pixels)
     finally:
         _lock.release(store, lock)
     converted = [r for r in results.values() if r.skip is None]
@@ -373,17 +457,24 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
         stored_bytes=sum(r.stored_bytes for r in converted),
         seconds=time.perf_counter() - started,
         extra_files=plan.extra_files,
-        embeddings_missing=plan.embeddings_missing,
+        embeddings_missing=int(counts["embeddings_missing"]),
         warnings=plan.warnings,
         pixels=not options.no_pixels,
         execution=options.execution.describe(),
     )
 
 
-def _clear_except_lock(store: StoreIO) -> None:
-    for key in store.find():
-        if key != _lock.LOCK_KEY:
-            store.fs.rm_file(store.path(key))
+def _clear_for_overwrite(store: StoreIO) -> None:
+    """Empty the store except its lock. The root document goes last, so that a run killed halfway still leaves a
+    store that is recognisably ours (and may be overwritten or resumed with its old options)."""
+    root_doc = store.path("zarr.json")
+    lock = store.path(_lock.LOCK_KEY)
+    for entry in store.fs.ls(store.root, detail=False):
+        path = str(entry).rstrip("/")
+        if path in (root_doc, lock):
+            continue
+        store.fs.rm(path, recursive=True)
+    store.delete("zarr.json")
 
 
 def _source_attrs(plan: ConversionPlan, options: ConvertOptions) -> dict[str, Any]:
@@ -411,26 +502,32 @@ def _finalize(
     checksums: Mapping[int, int | None],
     skipped: Sequence[Skip],
     no_pixels: bool,
-) -> None:
-    """Write the index and embeddings for the sites that made it, fix up wells that lost sites, mark complete."""
+) -> dict[str, Any]:
+    """Write the index and embeddings for the sites that made it, fix up the groups that lost sites, mark the store
+    complete. Returns the counts recorded in the root attributes."""
     import zarr
 
     keep = [item.position for item in plan.items if no_pixels or item.position in checksums]
     sites = plan.sites.iloc[keep].reset_index(drop=True)
     failed = [item for item in plan.items if not no_pixels and item.position not in checksums]
     if failed:
-        # Sites skipped during conversion were announced up front: drop their arrays and rewrite the documents of
-        # the wells and plates that lost them (rare, so a handful of rewrites, not one per site).
+        # Sites skipped during conversion were announced by the bulk documents: drop their arrays and rewrite (or
+        # remove, when they lost every site) the well, row, plate and experiment groups above them. Skips are rare,
+        # so this is a handful of writes, not one per site.
         for item in failed:
             store.delete(f"{item.array}/zarr.json")
             store.delete(item.shard)
         docs = static_documents(sites, spec)
-        touched = {item.group.rsplit("/", 1)[0] for item in failed}
-        plates = {g.rsplit("/", 2)[0] for g in touched}
-        store.write_many({k: v for k, v in docs.items() if k.rsplit("/", 1)[0] in touched | plates})
-        for well in touched:
-            if f"{well}/zarr.json" not in docs:
-                store.delete(f"{well}/zarr.json")
+        parents: set[str] = set()
+        for item in failed:
+            well = item.group.rsplit("/", 1)[0]
+            row = well.rsplit("/", 1)[0]
+            plate = row.rsplit("/", 1)[0]
+            parents |= {well, row, plate, plate.split("/", 1)[0]}
+        keys = {f"{parent}/zarr.json" for parent in parents}
+        store.write_many({k: docs[k] for k in sorted(keys) if k in docs})
+        for key in sorted(keys - set(docs)):
+            store.delete(key)
     zstore = store.zarr_store(read_only=False)
     index = zarr.open_group(zstore, path=INDEX_GROUP, mode="r+")
     n = len(sites)
@@ -498,3 +595,4 @@ def _finalize(
         skipped=[s.to_json() for s in skipped],
     )
     _write_root(store, final, fingerprint)
+    return counts

@@ -59,21 +59,28 @@ class ExecutionConfig:
 @contextlib.contextmanager
 def _client(config: ExecutionConfig) -> Iterator[Any]:
     try:
-        from distributed import Client, LocalCluster
+        import distributed
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError("--scheduler/--processes need the 'distributed' extra: pip install 'rxrx2-zarr[distributed]'") from exc
+        raise RuntimeError(
+            "--scheduler/--processes need the 'distributed' extra: pip install 'rxrx2-zarr[distributed]'"
+        ) from exc
+    dist: Any = (
+        distributed  # its constructors are unannotated: typed as Any rather than silenced call by call
+    )
     # set_as_default=False: our client must not become the process-wide default for the caller's own dask work
     if config.scheduler:
         try:
-            client = Client(config.scheduler, set_as_default=False)
+            client = dist.Client(config.scheduler, set_as_default=False)
         except OSError as exc:  # distributed's connect timeout: say which address, not only "Timed out"
             raise OSError(f"cannot reach the Dask scheduler at {config.scheduler}: {exc}") from exc
         with client:
             yield client
     else:
         with (
-            LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-            Client(cluster, set_as_default=False) as client,
+            dist.LocalCluster(
+                n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            dist.Client(cluster, set_as_default=False) as client,
         ):
             yield client
 
@@ -93,13 +100,18 @@ def run_tasks(
         _run_threads(function, items, config, on_result)
 
 
-def _run_threads(function: Callable[[T], R], items: Sequence[T], config: ExecutionConfig, on_result: Callable[[R], None]) -> None:
-    from dask.callbacks import Callback
+def _run_threads(
+    function: Callable[[T], R], items: Sequence[T], config: ExecutionConfig, on_result: Callable[[R], None]
+) -> None:
+    import dask.callbacks
     from dask.threaded import get
 
     keys = {f"site-{i}" for i in range(len(items))}
+    callbacks: Any = (
+        dask.callbacks
+    )  # Callback is unannotated: typed as Any so subclassing and calling it type-check
 
-    class _Results(Callback):  # type: ignore[misc]
+    class _Results(callbacks.Callback):  # type: ignore[misc]
         def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
             if key in keys:
                 on_result(result)
@@ -111,9 +123,12 @@ def _run_threads(function: Callable[[T], R], items: Sequence[T], config: Executi
         get(graph, list(graph), num_workers=config.workers)
 
 
-def _run_distributed(function: Callable[[T], R], items: Sequence[T], config: ExecutionConfig, on_result: Callable[[R], None]) -> None:
-    from distributed import as_completed
+def _run_distributed(
+    function: Callable[[T], R], items: Sequence[T], config: ExecutionConfig, on_result: Callable[[R], None]
+) -> None:
+    import distributed
 
+    as_completed: Any = distributed.as_completed  # unannotated, see _client
     with _client(config) as client:
         # Named keys (unique per run: a shared cluster may run several conversions) read well on the dashboard.
         run = uuid.uuid4().hex[:8]

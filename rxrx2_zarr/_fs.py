@@ -15,7 +15,9 @@ __all__ = ["async_filesystem", "is_local", "is_process_local", "join", "portable
 _PROCESS_LOCAL = frozenset({"memory"})
 
 
-def resolve(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def resolve(
+    url: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return ``(filesystem, path)`` for a plain path or an fsspec URL (``s3://``, ``memory://``, ``file://``...)."""
     fs, path = url_to_fs(str(url), **dict(storage_options or {}))
     return fs, str(path).rstrip("/") or str(path)
@@ -60,13 +62,16 @@ def async_filesystem(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem
 
     zarr-python runs its own event loop. A synchronous instance of an async filesystem (s3fs, gcsfs) is bound to
     fsspec's loop, and its sessions fail with "attached to a different loop" when awaited from zarr's. So async
-    filesystems get a separate instance created with ``asynchronous=True`` (private: ``skip_instance_cache``, so its
-    listing cache is fresh and no other caller shares it); synchronous ones (local, memory) are wrapped, keeping
-    the very same instance (a ``memory://`` store must stay the same dictionary).
+    filesystems get their own instance created with ``asynchronous=True``, without a listings cache (zarr-python
+    reads documents by key and never needs one; a stale one would hide what other processes wrote). It stays in
+    fsspec's instance cache, so repeated calls reuse one connection pool rather than leaving unclosed sessions
+    behind. Synchronous filesystems (local, memory) are wrapped, keeping the very same instance (a ``memory://``
+    store must stay the same dictionary).
     """
     if fs.async_impl:
-        options = {**fs.storage_options, "asynchronous": True, "skip_instance_cache": True}
-        return type(fs)(*fs.storage_args, **options)  # type: ignore[no-any-return]
+        options = {**fs.storage_options, "asynchronous": True, "use_listings_cache": False}
+        filesystem: fsspec.AbstractFileSystem = type(fs)(*fs.storage_args, **options)
+        return filesystem
     from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
     return AsyncFileSystemWrapper(fs, asynchronous=True)

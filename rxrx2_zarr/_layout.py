@@ -81,8 +81,12 @@ class CodecProfile:
     level: int
     cname: str = "zstd"
     shuffle: str = "noshuffle"
+    predictor: bool = False
+    """Put this package's ``rxrx2.vpredict`` codec (vertical predictor + zigzag) before the compressor."""
 
     def __post_init__(self) -> None:
+        if self.predictor and self.compressor == "pcodec":
+            raise ValueError(f"profile {self.name}: the predictor works in front of blosc or zstd only")
         if self.compressor not in ("blosc", "zstd", "pcodec"):
             raise ValueError(f"profile {self.name}: unknown compressor {self.compressor!r}")
         if self.compressor == "blosc":
@@ -104,8 +108,10 @@ class CodecProfile:
                 {"name": "numcodecs.astype", "configuration": {"encode_dtype": "uint16", "decode_dtype": "uint8"}},
                 {"name": "numcodecs.pcodec", "configuration": {"level": self.level}},
             ]
+        prefix: list[dict[str, Any]] = [{"name": "rxrx2.vpredict"}] if self.predictor else []
         if self.compressor == "blosc":
             return [
+                *prefix,
                 {"name": "bytes"},
                 {
                     "name": "blosc",
@@ -118,25 +124,46 @@ class CodecProfile:
                     },
                 },
             ]
-        return [{"name": "bytes"}, {"name": "zstd", "configuration": {"level": self.level, "checksum": False}}]
+        return [*prefix, {"name": "bytes"}, {"name": "zstd", "configuration": {"level": self.level, "checksum": False}}]
 
 
 #: The codec profiles, chosen by measurement (README, "Codec profiles"; ``python -m benchmarks``, workload
-#: ``codecs``): on RxRx2-like sites pcodec stores ~0.83x the PNG bytes and decodes ~3x faster than PNG; zstd
-#: decodes ~5x faster than PNG but stores ~1.06-1.10x; LZ4 with bit-shuffle is the fastest and ~1.5x.
+#: ``codecs``). On RxRx2-like generated sites: ``balanced`` (pcodec) is smaller than PNG and ~3x faster to decode,
+#: using only codecs zarr-python + numcodecs decode; ``zstd`` decodes ~5x faster than PNG at ~1.1x its bytes;
+#: ``fast`` (LZ4 + bit-shuffle) is fastest and largest; ``compact`` needs this package's own codec and is both
+#: the smallest and faster to write and read than ``balanced``.
 PROFILES: Mapping[str, CodecProfile] = {
     p.name: p
     for p in (
-        CodecProfile("fast", "LZ4 + bit-shuffle in Blosc: fastest to write and read, ~1.5x the PNG bytes", "blosc", 5, "lz4", "bitshuffle"),
+        CodecProfile("fast", "LZ4 + bit-shuffle (Blosc): fastest to write and read, ~1.8x the PNG bytes", "blosc", 5, "lz4", "bitshuffle"),
         CodecProfile("zstd", "zstd level 3: ~5x faster to read than PNG, ~1.1x its bytes", "zstd", 3),
-        CodecProfile("balanced", "pcodec level 8: smaller than PNG (~0.83x) and ~3x faster to read", "pcodec", 8),
-        CodecProfile("compact", "pcodec level 12: smallest, slowest to write", "pcodec", 12),
+        CodecProfile("balanced", "pcodec level 8 (numcodecs): smaller than PNG and ~3x faster to read", "pcodec", 8),
+        CodecProfile(
+            "compact",
+            "vertical predictor + zigzag (rxrx2.vpredict, this package's codec) + bit-shuffle + zstd (Blosc): "
+            "smallest; readable by zarr-python only with rxrx2-zarr installed",
+            "blosc",
+            1,
+            "zstd",
+            "bitshuffle",
+            predictor=True,
+        ),
     )
 }
 
 #: Every codec name a store written by this package may contain (the reader refuses any other).
 ALLOWED_CODECS = frozenset(
-    {"sharding_indexed", "bytes", "crc32c", "blosc", "zstd", "numcodecs.astype", "numcodecs.pcodec", "vlen-utf8"}
+    {
+        "sharding_indexed",
+        "bytes",
+        "crc32c",
+        "blosc",
+        "zstd",
+        "numcodecs.astype",
+        "numcodecs.pcodec",
+        "rxrx2.vpredict",
+        "vlen-utf8",
+    }
 )
 
 

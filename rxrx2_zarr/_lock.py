@@ -23,6 +23,7 @@ Everywhere, a converter checks that it still holds the lock before it finalizes 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -168,7 +169,8 @@ def _create(store: StoreIO, lock: Lock) -> bool:
         # a filesystem without hard links: O_EXCL (exclusive, though a kill mid-write could leave it empty)
         return store.write_exclusive(LOCK_KEY, lock.to_json())
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):  # a --resume cleaning up partial objects may beat us to it
+            os.unlink(tmp)
 
 
 def _take_over(store: StoreIO, stale: Lock, mine: Lock) -> bool:
@@ -191,13 +193,14 @@ def _take_over(store: StoreIO, stale: Lock, mine: Lock) -> bool:
             moved_token = ""
         if moved_token != stale.token:
             # the lock was replaced between our read and the rename: put the newer lock back, start over
-            try:
+            with contextlib.suppress(FileExistsError):  # yet another lock appeared: that one stands
                 os.link(aside, path)
-            except FileExistsError:
-                pass
             return False
+    except FileNotFoundError:
+        return False  # removed under us (cleanup by the new holder): start over
     finally:
-        os.unlink(aside)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
     return _create(store, mine)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -203,14 +203,14 @@ def make_plan(
         if problems:
             if on_error == "fail":
                 _raise_site_problems(src_url, problems, None)
-            skipped.extend(Skip(s, "; ".join(r)) for s, r in problems.items())
+            skipped.extend(Skip(k.site_id, "; ".join(problems[k.site_id])) for k in keys if k.site_id in problems)
+            dropped = {p for k in keys if k.site_id in problems for p in k.image_paths()}
+            png_sizes = {p: n for p, n in png_sizes.items() if p not in dropped}
             keep = ~selected["site_id"].isin(list(problems))
             selected = selected[keep].reset_index(drop=True)
             keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
             if not keys:
                 _raise_site_problems(src_url, problems, "no site of the selection is usable")
-            dropped = {p for s in problems for p in _paths_of(s, listing)}
-            png_sizes = {p: n for p, n in png_sizes.items() if p not in dropped}
     else:
         size = _image_size_or_default(src, keys)
 
@@ -261,14 +261,7 @@ def _check_well_consistency(metadata: pd.DataFrame, source: str) -> None:
 SIZE_SAMPLE = 9
 
 
-def _paths_of(site_id: str, listing: Mapping[str, int]) -> list[str]:
-    """The listed image paths of ``site_id`` (valid site_ids only: they come from validated metadata)."""
-    from ._paths import parse_site_id
-
-    return [p for p in parse_site_id(site_id).image_paths() if p in listing]
-
-
-def _raise_site_problems(src_url: str, problems: Mapping[str, Sequence[str]], headline: str | None) -> None:
+def _raise_site_problems(src_url: str, problems: Mapping[str, Sequence[str]], headline: str | None) -> NoReturn:
     lines = [f"{site_id}: {what}" for site_id, whats in problems.items() for what in whats]
     listed = "\n  ".join(lines[:MAX_LISTED])
     more = f"\n  ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""

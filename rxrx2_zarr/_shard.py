@@ -23,6 +23,7 @@ import numcodecs
 import numpy as np
 import numpy.typing as npt
 
+from ._codec import vpredict_decode, vpredict_encode
 from ._errors import StoreFormatError
 from ._layout import ALLOWED_CODECS, SiteArraySpec
 
@@ -44,7 +45,7 @@ class ShardDataError(ValueError):
 
 @dataclass(frozen=True)
 class _Step:
-    kind: str  # "astype" | "pcodec" | "blosc" | "zstd"
+    kind: str  # "vpredict" | "astype" | "pcodec" | "blosc" | "zstd"
     config: Mapping[str, Any]
 
 
@@ -58,6 +59,8 @@ def _parse_chain(codecs: Sequence[Mapping[str, Any]], where: str) -> list[_Step]
             raise StoreFormatError(f"{where}: codec {codec.get('name')!r} is not one this library writes; refusing to read it")
     names = [str(c.get("name")) for c in codecs]
     configs = [dict(c.get("configuration") or {}) for c in codecs]
+    if names in (["rxrx2.vpredict", "bytes", "blosc"], ["rxrx2.vpredict", "bytes", "zstd"]):
+        return [_Step("vpredict", {}), _Step(names[2], configs[2])]
     if names in (["bytes", "blosc"], ["bytes", "zstd"]):
         return [_Step(names[1], configs[1])]
     if names == ["numcodecs.astype", "numcodecs.pcodec"]:
@@ -124,6 +127,7 @@ class ShardCodec:
             for s in self.steps
             if s.kind == "blosc"
         ]
+        self._predictor = any(s.kind == "vpredict" for s in self.steps)
         self._pcodec = [
             numcodecs.PCodec(level=int(s.config.get("level", 8))) for s in self.steps if s.kind == "pcodec"
         ]
@@ -138,7 +142,9 @@ class ShardCodec:
     def _encode_chunk(self, chunk: Pixels) -> bytes:
         data: Any = np.ascontiguousarray(chunk)
         for step in self.steps:
-            if step.kind == "astype":
+            if step.kind == "vpredict":
+                data = vpredict_encode(data)
+            elif step.kind == "astype":
                 data = data.astype(np.uint16)
             elif step.kind == "pcodec":
                 data = self._pcodec[0].encode(data)
@@ -225,6 +231,13 @@ class ShardCodec:
         threads (no speed-up); pcodec's allocating ``simple_decompress`` ~14 ms/site (8.6) where
         ``simple_decompress_into`` keeps the GIL (~20 ms, no speed-up).
         """
+        self._decompress_into(data, out)
+        if self._predictor:
+            vpredict_decode(out.reshape(self.chunk[1:]))
+        del scratch
+
+    def _decompress_into(self, data: bytes | memoryview, out: Pixels) -> None:
+        """The compressor (or pcodec) stage of the chain, into the flat uint8 buffer ``out``."""
         kind = self.steps[-1].kind
         if kind == "blosc":
             _check_blosc_header(data, self._chunk_nbytes)
@@ -251,7 +264,6 @@ class ShardCodec:
             if values.dtype != np.uint16 or values.size != self._chunk_nbytes:
                 raise ShardDataError(f"pcodec inner chunk decoded to {values.dtype} x {values.size}, expected uint16 x {self._chunk_nbytes}")
             np.copyto(out, values.reshape(-1), casting="unsafe")
-        del scratch
 
     def decode(
         self,
@@ -331,6 +343,9 @@ class ShardCodec:
         return out
 
     def _run_jobs(self, jobs: Sequence[_Job], out: Pixels) -> None:
+        if self._predictor:
+            self._run_predicted_jobs(jobs, out)
+            return
         chunk = np.empty(self.chunk[1:], dtype=np.uint8)
         scratch = np.empty(self._chunk_nbytes, dtype=np.uint8)
         for data, target, source in jobs:
@@ -344,6 +359,24 @@ class ShardCodec:
                 self._decode_into(data, chunk.reshape(-1), scratch)
                 view[...] = chunk[source]
 
+    def _run_predicted_jobs(self, jobs: Sequence[_Job], out: Pixels) -> None:
+        """``rxrx2.vpredict`` chunks: decompress all into one stack, then undo the predictor once for the stack.
+
+        The predictor's running sum costs one numpy call per row; done per chunk that is ~25,000 calls per site,
+        done on the stack it is one call per row for all chunks together.
+        """
+        present = [job for job in jobs if job[0] is not None]
+        for data, target, _ in jobs:
+            if data is None:
+                out[target] = 0
+        if not present:
+            return
+        stack = np.empty((len(present), *self.chunk[1:]), dtype=np.uint8)
+        for k, (data, _, _) in enumerate(present):
+            self._decompress_into(data, stack[k].reshape(-1))  # type: ignore[arg-type]
+        vpredict_decode(stack)
+        for k, (_, target, source) in enumerate(present):
+            out[target] = stack[k][source]
 
 _Job = tuple["bytes | memoryview | None", tuple[int, slice, slice], tuple[slice, slice]]
 

@@ -89,7 +89,10 @@ class StoreIO:
             # one open, several preads: cat_ranges would reopen the file per range
             with open(path, "rb") as handle:
                 return [os.pread(handle.fileno(), end - start, start) for start, end in spans]
-        return [bytes(b) for b in self.fs.cat_ranges([path] * len(spans), [s for s, _ in spans], [e for _, e in spans])]
+        return [
+            bytes(b)
+            for b in self.fs.cat_ranges([path] * len(spans), [s for s, _ in spans], [e for _, e in spans])
+        ]
 
     def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         """Several whole objects, fetched concurrently on object stores; absent ones map to None."""
