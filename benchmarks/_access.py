@@ -32,7 +32,8 @@ def decode_png_bytes(data: bytes, decoder: str) -> Pixels:
 
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image)
-    return imagecodecs.png_decode(data)  # type: ignore[no-any-return]
+    decoded: Pixels = imagecodecs.png_decode(data)
+    return decoded
 
 
 def png_channel(reader: PngSiteReader, site_id: str, channel: int) -> Pixels:
@@ -54,23 +55,30 @@ class StoreSiteReader:
         self._reader = getattr(store, "reader", None)
         self._ref = getattr(store, "ref", None)
         self._positions = {site_id: k for k, site_id in enumerate(self.dataset.site_ids)}
-        self.path = "one thread (reader.read(parallel=False))" if self._reader and self._ref else "public Dataset.read (library read pool)"
+        self.path = (
+            "one thread (reader.read(parallel=False))"
+            if self._reader and self._ref
+            else "public Dataset.read (library read pool)"
+        )
 
-    def _read(self, site_id: str, channels: list[int] | None, region: Region | None) -> Pixels:
+    def read(self, site_id: str, channels: list[int] | None, region: Region | None) -> Pixels:
         if self._reader is not None and self._ref is not None:
             ref = self._ref(self._positions[site_id])
             zero_based = None if channels is None else [c - 1 for c in channels]
-            return self._reader.read(ref, zero_based, region, parallel=False)  # type: ignore[no-any-return]
-        return self.dataset.read([site_id], channels=channels, region=region)[0]
+            pixels: Pixels = self._reader.read(ref, zero_based, region, parallel=False)
+            return pixels
+        block: Pixels = self.dataset.read([site_id], channels=channels, region=region)[0]
+        return block
 
     def site(self, site_id: str) -> Pixels:
-        return self._read(site_id, None, None)
+        return self.read(site_id, None, None)
 
     def crop(self, site_id: str, region: Region) -> Pixels:
-        return self._read(site_id, None, region)
+        return self.read(site_id, None, region)
 
     def channel(self, site_id: str, channel: int) -> Pixels:
-        return self._read(site_id, [channel], None)[0]
+        plane: Pixels = self.read(site_id, [channel], None)[0]
+        return plane
 
     def default_site(self, site_id: str) -> Pixels:
         """The library's default single-site read (``Dataset.site``, which may use its read pool)."""

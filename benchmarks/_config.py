@@ -68,7 +68,7 @@ MODES: dict[str, Config] = {
         scaling_sites=4,
     ),
     "quick": Config(
-        mode="quick", size=1024, experiments=1, plates=1, wells=8, sites=4, read_sites=24, repeat=3, convert_repeat=2,
+        mode="quick", size=1024, experiments=1, plates=1, wells=8, sites=4, read_sites=16, repeat=3, convert_repeat=2,
         crop=256, codec_sites=3, codec_inner=(256, 512, 1024), open_sizes=(1_000, 10_000), open_repeat=5,
         cold_repeat=2, scaling_sites=16,
     ),

@@ -6,6 +6,7 @@ import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,10 @@ class Context:
 
     @property
     def inner_chunks(self) -> tuple[int, int]:
-        return (min(DEFAULT_INNER_CHUNKS[0], self.config.size), min(DEFAULT_INNER_CHUNKS[1], self.config.size))
+        return (
+            min(DEFAULT_INNER_CHUNKS[0], self.config.size),
+            min(DEFAULT_INNER_CHUNKS[1], self.config.size),
+        )
 
     def rng(self, name: str) -> np.random.Generator:
         """A generator per purpose, so samples do not depend on which workloads ran before."""
@@ -51,8 +55,10 @@ class Context:
         picked = self.rng(name).permutation(len(ids))[: min(n, len(ids))]
         return [ids[i] for i in picked]
 
-    def options(self, profile: str = DEFAULT_PROFILE, **kwargs: object) -> ConvertOptions:
-        return ConvertOptions(profile=profile, inner_chunks=self.inner_chunks, overwrite=True, progress=False, **kwargs)  # type: ignore[arg-type]
+    def options(self, profile: str = DEFAULT_PROFILE, **kwargs: Any) -> ConvertOptions:
+        return ConvertOptions(
+            profile=profile, inner_chunks=self.inner_chunks, overwrite=True, progress=False, **kwargs
+        )
 
     def adopt(self, profile: str, path: Path, report: ConvertReport) -> Path:
         """Keep ``path`` as the run's store of ``profile`` (moved to a stable name in the work directory)."""

@@ -36,10 +36,12 @@ __all__ = ["PixelData", "TreeStats", "cached", "metadata_store", "pixel_data", "
 
 PACKAGE_DIR = Path(rxrx2_zarr.__file__).parent
 SYNTH_MODULES = ("_synth.py", "_paths.py", "_schema.py", "_channels.py")
-WRITER_MODULES = (
-    *SYNTH_MODULES, "_convert.py", "_layout.py", "_hierarchy.py", "_plan.py", "_shard.py", "_storage.py", "_png.py",
-    "_fs.py", "_execute.py", "_lock.py",
-)  # fmt: skip
+#: Modules that only read stores: a change to them does not change what is written, so it keeps the cache.
+READ_ONLY_MODULES = frozenset(
+    {"_reader.py", "_timing.py", "_render.py", "_verify.py", "_info.py", "_demo.py", "cli.py"}
+)
+#: Everything that can change a written store (new modules are included automatically).
+WRITER_MODULES = tuple(sorted(p.name for p in PACKAGE_DIR.glob("*.py") if p.name not in READ_ONLY_MODULES))
 COMPLETE = ".complete"
 #: The layout whose first N rows make the metadata-only datasets (all of it is RxRx2's 131,953 sites).
 FULL_LAYOUT = {"experiments": 2, "plates": 12, "wells": 1380, "sites": 4}
@@ -54,7 +56,9 @@ def source_hash(modules: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def cached(cache: Path, kind: str, params: dict[str, Any], modules: Iterable[str], build: Callable[[Path], None]) -> tuple[Path, bool]:
+def cached(
+    cache: Path, kind: str, params: dict[str, Any], modules: Iterable[str], build: Callable[[Path], None]
+) -> tuple[Path, bool]:
     """The cache directory for ``(kind, params, sources)``, built by ``build(tmp_dir)`` if absent; and whether it
     was found in the cache."""
     key_doc = {"kind": kind, "params": params, "sources": source_hash(modules)}
@@ -121,7 +125,7 @@ class PixelData:
 
 
 def pixel_data(config: Config, cache: Path) -> PixelData:
-    params = {
+    params: dict[str, Any] = {
         "experiments": config.experiments,
         "plates": config.plates,
         "wells": config.wells,
@@ -139,19 +143,25 @@ def pixel_data(config: Config, cache: Path) -> PixelData:
     started = time.perf_counter()
     entry, hit = cached(cache, "pixels", params, SYNTH_MODULES, build)
     tree = entry / "tree"
-    metadata = pd.read_csv(tree / "metadata.csv", dtype={"treatment": str, "well": str, "treatment_conc": str})
+    metadata = pd.read_csv(
+        tree / "metadata.csv", dtype={"treatment": str, "well": str, "treatment_conc": str}
+    )
     return PixelData(tree, metadata, hit, time.perf_counter() - started)
 
 
 def metadata_store(n_sites: int, cache: Path) -> tuple[Path, Path, bool]:
     """(metadata-only tree, no-pixels store, cached?) with the first ``n_sites`` rows of the full RxRx2 layout."""
     limit = None if n_sites >= FULL_SCALE_SITES else n_sites
-    params = {**FULL_LAYOUT, "limit": limit, "seed": 0, "embedding_dim": 128}
+    params: dict[str, Any] = {**FULL_LAYOUT, "limit": limit, "seed": 0, "embedding_dim": 128}
 
     def build(tmp: Path) -> None:
         log(f"building a metadata-only store of {n_sites:,} sites (cached for later runs)")
-        synth(str(tmp / "tree"), metadata_only=True, **params)  # type: ignore[arg-type]
-        convert(str(tmp / "tree"), str(tmp / "store.zarr"), ConvertOptions(no_pixels=True, overwrite=True, progress=False))
+        synth(str(tmp / "tree"), metadata_only=True, **params)
+        convert(
+            str(tmp / "tree"),
+            str(tmp / "store.zarr"),
+            ConvertOptions(no_pixels=True, overwrite=True, progress=False),
+        )
 
     entry, hit = cached(cache, "metadata", params, WRITER_MODULES, build)
     return entry / "tree", entry / "store.zarr", hit

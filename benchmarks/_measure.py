@@ -39,7 +39,13 @@ def median(values: Sequence[float]) -> float:
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """``numerator / denominator`` rounded for reports, or None when either side is missing or zero."""
-    if numerator is None or denominator is None or denominator == 0 or numerator != numerator or denominator != denominator:
+    if (
+        numerator is None
+        or denominator is None
+        or denominator == 0
+        or numerator != numerator
+        or denominator != denominator
+    ):
         return None
     return round(numerator / denominator, 3)
 

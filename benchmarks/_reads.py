@@ -4,6 +4,7 @@ site with Dask) and ``query`` (select one treatment, read its sites)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,7 +16,14 @@ from rxrx2_zarr._layout import DEFAULT_PROFILE, PROFILES
 
 from ._access import PngSiteReader, StoreSiteReader, open_store, png_channel, same
 from ._context import Context
-from ._measure import interleaved_latency, interleaved_runs, interleaved_throughput, median, ratio, timing_json
+from ._measure import (
+    interleaved_latency,
+    interleaved_runs,
+    interleaved_throughput,
+    median,
+    ratio,
+    timing_json,
+)
 
 __all__ = ["run_crop", "run_full", "run_query", "run_scan"]
 
@@ -26,10 +34,16 @@ def _png_readers(ctx: Context) -> dict[str, PngSiteReader]:
     return {name: PngSiteReader(str(ctx.src), name) for name in ("pillow", "imagecodecs")}
 
 
-def _latency_block(timings: dict[str, Any], baseline_names: tuple[str, ...] = ("pillow", "imagecodecs")) -> dict[str, Any]:
+def _latency_block(
+    timings: dict[str, Any], baseline_names: tuple[str, ...] = ("pillow", "imagecodecs")
+) -> dict[str, Any]:
     block: dict[str, Any] = {name: timing_json(t) for name, t in timings.items()}
-    block["speedup_p50"] = {f"vs_{b}": ratio(timings[b].median_ms, timings["store"].median_ms) for b in baseline_names}
-    block["speedup_p95"] = {f"vs_{b}": ratio(timings[b].p95_ms, timings["store"].p95_ms) for b in baseline_names}
+    block["speedup_p50"] = {
+        f"vs_{b}": ratio(timings[b].median_ms, timings["store"].median_ms) for b in baseline_names
+    }
+    block["speedup_p95"] = {
+        f"vs_{b}": ratio(timings[b].p95_ms, timings["store"].p95_ms) for b in baseline_names
+    }
     return block
 
 
@@ -41,7 +55,11 @@ def run_full(ctx: Context) -> dict[str, Any]:
     for s in ids:  # the store must give back exactly the PNGs' pixels
         if not same(store.site(s), png["imagecodecs"].site(s)):
             raise AssertionError(f"store and PNG pixels differ for site {s}")
-    functions: dict[str, Callable[[Any], Any]] = {"store": store.site, "pillow": png["pillow"].site, "imagecodecs": png["imagecodecs"].site}
+    functions: dict[str, Callable[[Any], Any]] = {
+        "store": store.site,
+        "pillow": png["pillow"].site,
+        "imagecodecs": png["imagecodecs"].site,
+    }
     latency = interleaved_latency(functions, ids, config.repeat)
     throughput: dict[str, Any] = {}
     for threads in config.threads:
@@ -57,9 +75,16 @@ def run_full(ctx: Context) -> dict[str, Any]:
     for name in PROFILES:
         if name in ctx.stores:
             reader = store if name == DEFAULT_PROFILE else StoreSiteReader(str(ctx.stores[name]))
-            timing = latency["store"] if name == DEFAULT_PROFILE else interleaved_latency({name: reader.site}, ids, config.repeat)[name]
-            profiles[name] = {**timing_json(timing), "speedup_vs_pillow": ratio(latency["pillow"].median_ms, timing.median_ms),
-                              "speedup_vs_imagecodecs": ratio(latency["imagecodecs"].median_ms, timing.median_ms)}
+            timing = (
+                latency["store"]
+                if name == DEFAULT_PROFILE
+                else interleaved_latency({name: reader.site}, ids, config.repeat)[name]
+            )
+            profiles[name] = {
+                **timing_json(timing),
+                "speedup_vs_pillow": ratio(latency["pillow"].median_ms, timing.median_ms),
+                "speedup_vs_imagecodecs": ratio(latency["imagecodecs"].median_ms, timing.median_ms),
+            }
     return {
         "sites": len(ids),
         "site_shape": [6, config.size, config.size],
@@ -125,8 +150,10 @@ def run_crop(ctx: Context) -> dict[str, Any]:
     crop_channels = [(s, c, r) for (s, c), (_, r) in zip(channels, crops, strict=True)]
     single_crop = interleaved_latency(
         {
-            "store": lambda item: store._read(item[0], [item[1]], item[2]),
-            "imagecodecs": lambda item: png_channel(png["imagecodecs"], item[0], item[1])[item[2][0] : item[2][1], item[2][2] : item[2][3]],
+            "store": lambda item: store.read(item[0], [item[1]], item[2]),
+            "imagecodecs": lambda item: png_channel(png["imagecodecs"], item[0], item[1])[
+                item[2][0] : item[2][1], item[2][2] : item[2][3]
+            ],
         },
         crop_channels,
         config.repeat,
@@ -161,20 +188,26 @@ def run_scan(ctx: Context) -> dict[str, Any]:
     store_images = dataset.images
 
     def png_images(reader: PngSiteReader) -> Any:
-        load = dask.delayed(reader.site, pure=True)
-        return da.stack([da.from_delayed(load(s), shape=shape, dtype=np.uint8) for s in ids])
+        load = dask.delayed(reader.site, pure=True)  # type: ignore[attr-defined]
+        blocks = [da.from_delayed(load(s), shape=shape, dtype=np.uint8) for s in ids]  # type: ignore[no-untyped-call]
+        return da.stack(blocks)  # type: ignore[no-untyped-call]
 
     expressions = {
-        "store": store_images.mean(axis=(0, 2, 3)),
+        "store": store_images.mean(axis=(0, 2, 3)),  # type: ignore[no-untyped-call]
         "pillow": png_images(png["pillow"]).mean(axis=(0, 2, 3)),
         "imagecodecs": png_images(png["imagecodecs"]).mean(axis=(0, 2, 3)),
     }
-    results = {name: expr.compute(scheduler="threads", num_workers=threads) for name, expr in expressions.items()}
+    results = {
+        name: expr.compute(scheduler="threads", num_workers=threads) for name, expr in expressions.items()
+    }
     for name in ("pillow", "imagecodecs"):
         if not np.allclose(results[name], results["store"], rtol=0, atol=1e-9):
             raise AssertionError(f"scan: per-channel means differ between store and {name}")
     seconds = interleaved_runs(
-        {name: (lambda e=expr: e.compute(scheduler="threads", num_workers=threads)) for name, expr in expressions.items()},
+        {
+            name: functools.partial(expr.compute, scheduler="threads", num_workers=threads)
+            for name, expr in expressions.items()
+        },
         config.repeat,
     )
     medians = {name: median(v) for name, v in seconds.items()}
@@ -214,7 +247,8 @@ def run_query(ctx: Context) -> dict[str, Any]:
 
     def store_side() -> Any:
         selection = open_store(url).select(treatment=treatment)
-        return selection.site_ids, selection.images.compute(scheduler="threads", num_workers=threads)
+        pixels = selection.images.compute(scheduler="threads", num_workers=threads)  # type: ignore[no-untyped-call]
+        return selection.site_ids, pixels
 
     def png_side(reader: PngSiteReader) -> Callable[[], Any]:
         def run() -> Any:
@@ -225,11 +259,17 @@ def run_query(ctx: Context) -> dict[str, Any]:
 
         return run
 
-    functions = {"store": store_side, "pillow": png_side(png["pillow"]), "imagecodecs": png_side(png["imagecodecs"])}
+    functions = {
+        "store": store_side,
+        "pillow": png_side(png["pillow"]),
+        "imagecodecs": png_side(png["imagecodecs"]),
+    }
     store_ids, store_pixels = store_side()
     png_ids, png_pixels = functions["imagecodecs"]()
     order = {s: k for k, s in enumerate(png_ids)}
-    if sorted(store_ids) != sorted(png_ids) or not same(store_pixels, png_pixels[[order[s] for s in store_ids]]):
+    if sorted(store_ids) != sorted(png_ids) or not same(
+        store_pixels, png_pixels[[order[s] for s in store_ids]]
+    ):
         raise AssertionError("query: store and PNG selections differ")
     seconds = interleaved_runs(functions, config.repeat)
     medians = {name: median(v) for name, v in seconds.items()}
@@ -237,7 +277,10 @@ def run_query(ctx: Context) -> dict[str, Any]:
         "treatment": treatment,
         "sites": len(store_ids),
         "threads": threads,
-        **{name: {"seconds_median": round(medians[name], 4), "runs": [round(v, 4) for v in seconds[name]]} for name in SIDES},
+        **{
+            name: {"seconds_median": round(medians[name], 4), "runs": [round(v, 4) for v in seconds[name]]}
+            for name in SIDES
+        },
         "speedup": {f"vs_{b}": ratio(medians[b], medians["store"]) for b in ("pillow", "imagecodecs")},
         "verified": True,
         "notes": (

@@ -3,6 +3,7 @@ profile x inner chunk shape on the same sites: bytes vs PNG, encode and decode t
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any
 
@@ -74,6 +75,14 @@ def _pillow_encode(pixels: np.ndarray[Any, Any]) -> int:
     return total
 
 
+def _encode(codec: ShardCodec, pixels: dict[str, Any], site_id: str) -> bytes:
+    return codec.encode(pixels[site_id])
+
+
+def _decode(codec: ShardCodec, encoded: dict[str, bytes], site_id: str) -> Any:
+    return codec.decode(encoded[site_id])
+
+
 def run_codecs(ctx: Context) -> dict[str, Any]:
     config = ctx.config
     size = config.size
@@ -95,7 +104,11 @@ def run_codecs(ctx: Context) -> dict[str, Any]:
     )
     pillow_encode = time_calls(lambda s: _pillow_encode(pixels[s]), ids[:1], 1)
     baselines = {
-        "png_pillow": {"bytes_vs_png": 1.0, "decode": timing_json(png_decode["pillow"]), "encode": timing_json(pillow_encode)},
+        "png_pillow": {
+            "bytes_vs_png": 1.0,
+            "decode": timing_json(png_decode["pillow"]),
+            "encode": timing_json(pillow_encode),
+        },
         "png_imagecodecs": {"bytes_vs_png": 1.0, "decode": timing_json(png_decode["imagecodecs"])},
     }
 
@@ -109,8 +122,8 @@ def run_codecs(ctx: Context) -> dict[str, Any]:
             for s in ids:
                 if not np.array_equal(codec.decode(encoded[s]), pixels[s]):
                     raise AssertionError(f"codec {profile} {inner}: site {s} does not round-trip")
-            encode = time_calls(lambda s, c=codec: c.encode(pixels[s]), ids, repeat)
-            decode = time_calls(lambda s, c=codec, e=encoded: c.decode(e[s]), ids, repeat)
+            encode = time_calls(functools.partial(_encode, codec, pixels), ids, repeat)
+            decode = time_calls(functools.partial(_decode, codec, encoded), ids, repeat)
             stored = sum(len(b) for b in encoded.values())
             rows.append(
                 {
@@ -121,10 +134,14 @@ def run_codecs(ctx: Context) -> dict[str, Any]:
                     "encode": timing_json(encode),
                     "decode": timing_json(decode),
                     "decode_speedup_vs_pillow": ratio(png_decode["pillow"].median_ms, decode.median_ms),
-                    "decode_speedup_vs_imagecodecs": ratio(png_decode["imagecodecs"].median_ms, decode.median_ms),
+                    "decode_speedup_vs_imagecodecs": ratio(
+                        png_decode["imagecodecs"].median_ms, decode.median_ms
+                    ),
                 }
             )
-            log(f"  codec {profile:8s} {inner:4d}: {rows[-1]['bytes_vs_png']}x PNG, decode {decode.median_ms:.1f} ms")
+            log(
+                f"  codec {profile:8s} {inner:4d}: {rows[-1]['bytes_vs_png']}x PNG, decode {decode.median_ms:.1f} ms"
+            )
     return {
         "sites": len(ids),
         "site_shape": [6, size, size],

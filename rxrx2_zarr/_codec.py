@@ -38,9 +38,9 @@ def vpredict_encode(pixels: U8) -> U8:
     """Zigzag-coded residuals of ``pixels`` (..., rows, columns) against the row above (new array)."""
     residual = pixels.copy()
     np.subtract(pixels[..., 1:, :], pixels[..., :-1, :], out=residual[..., 1:, :])
-    sign = residual.view(np.int8) >> 7  # -1 where the residual is negative, else 0
-    zigzag = residual << 1
-    zigzag ^= sign.view(np.uint8)
+    sign = (residual.view(np.int8) >> 7).view(np.uint8)  # 0xFF where the residual is negative, else 0
+    zigzag: U8 = np.left_shift(residual, 1, dtype=np.uint8)
+    np.bitwise_xor(zigzag, sign, out=zigzag)
     return zigzag
 
 

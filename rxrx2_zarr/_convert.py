@@ -1,14 +1,21 @@
 """The converter: an RxRx2 PNG tree -> one OME-NGFF 0.5 HCS Zarr v3 store.
 
-Order of work, chosen so that nothing is lost and a crash at any moment is recoverable:
+Order of work, chosen so that nothing is lost and a crash (even kill -9) at any moment is recoverable:
 
-1. plan (no writes): metadata, embeddings, file presence, image size  ->  bad input fails in seconds;
-2. destination checks (exists? resume compatible?) before anything is written, then the lock;
-3. root document with ``complete: false`` and the output-affecting options, then every static group/array
-   document in one bulk write;
-4. one task per site: read and decode its six PNGs, write its shard, then its site group document carrying the
-   pixel checksum. That document is the site's completion marker: ``--resume`` redoes any site without it;
-5. finalize: index arrays, embeddings, root document with ``complete: true``; release the lock.
+1. plan (no writes): metadata, embeddings, file presence and sizes, image size  ->  bad input fails in seconds;
+2. destination checks, all before the first write, so that a refused run leaves the destination untouched (not
+   even a lock): not overlapping the source, not a file, not locked by a live converter, and either absent/empty,
+   or ``--overwrite`` of an rxrx2-zarr store, or ``--resume`` of one made with the same fingerprint (source
+   metadata, output-affecting options, subset). Then the lock (``_lock``);
+3. ``--overwrite`` empties the store; ``--resume`` lists it once, removes temporary objects of torn writes and
+   finds the complete sites from that listing and their markers;
+4. root document with ``complete: false`` and the fingerprint, then every static group/array document in one
+   bulk write;
+5. one task per site: read and decode its six PNGs, write its shard, then its site group document carrying the
+   pixel checksum. That document is the site's completion marker: ``--resume`` redoes any site without it. Every
+   object write is whole (temporary file + rename locally, one PUT on object stores), so nothing is ever torn;
+6. finalize, only while still holding the lock: index arrays, embeddings, root document with ``complete: true``;
+   release the lock.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any, Literal
 import crc32c
 import numpy as np
 
-from . import _lock
+from . import _fs, _lock
 from ._errors import ImageError, StoreExistsError, StoreFormatError
 from ._execute import ExecutionConfig, run_tasks
 from ._hierarchy import dump, site_document, static_documents
@@ -141,6 +148,9 @@ def read_site_pixels(src: StoreIO, item: SiteItem, size: tuple[int, int]) -> tup
             data = src.read(path)
         except FileNotFoundError:
             raise ImageError(f"{path}: missing (site {item.site_id})") from None
+        except (PermissionError, IsADirectoryError) as exc:
+            # a problem of this file, unlike other OSErrors (network, disk) which must stop the run, not skip sites
+            raise ImageError(f"{path}: cannot be read: {exc.strerror or exc} (site {item.site_id})") from None
         total += len(data)
         pixels[channel] = decode_png(data, path, size)
     return pixels, total
@@ -258,7 +268,8 @@ def _read_root(dst: StoreIO) -> dict[str, Any] | None:
         return None
     except ValueError:
         raise StoreFormatError(f"{dst.url}: zarr.json is not valid JSON") from None
-    attrs = document.get("attributes", {}).get("rxrx2") if isinstance(document, dict) else None
+    attributes = document.get("attributes") if isinstance(document, dict) else None
+    attrs = attributes.get("rxrx2") if isinstance(attributes, dict) else None
     if not isinstance(attrs, dict) or attrs.get("format") != "rxrx2-zarr":
         raise StoreFormatError(f"{dst.url}: not an rxrx2-zarr store (no 'rxrx2' root attributes)")
     return attrs
@@ -289,8 +300,6 @@ def _is_partial(key: str) -> bool:
 
 def _prepare_destination(dst: StoreIO, options: ConvertOptions, fingerprint: Mapping[str, Any]) -> bool:
     """Check the destination before writing anything. Returns True when resuming an existing store."""
-    if dst.fs.isfile(dst.root):
-        raise StoreExistsError(f"{dst.url}: exists and is a file, not a directory; refusing to touch it")
     if dst.is_empty_or_missing():
         return False
     if not options.resume and not options.overwrite:
@@ -313,14 +322,29 @@ def _prepare_destination(dst: StoreIO, options: ConvertOptions, fingerprint: Map
         return False
     if options.overwrite:
         return False
-    previous = attrs.get("fingerprint")
-    if previous != json.loads(json.dumps(fingerprint)):
+    previous = _flatten(attrs.get("fingerprint"))
+    current = _flatten(json.loads(json.dumps(fingerprint)))
+    if previous != current:
+        differences = "; ".join(
+            f"{key}: store {previous.get(key, '(none)')!r}, now {current.get(key, '(none)')!r}"
+            for key in sorted(set(previous) | set(current))
+            if previous.get(key) != current.get(key)
+        )
         raise StoreExistsError(
-            f"{dst.url}: was made from a different source or with different options; cannot resume "
-            f"(store: {json.dumps(previous, sort_keys=True)}; now: {json.dumps(fingerprint, sort_keys=True)}). "
+            f"{dst.url}: was made from a different source or with different options; cannot resume ({differences}). "
             "Use --overwrite to replace it."
         )
     return True
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"options": {"profile": "x"}}`` -> ``{"options.profile": "x"}`` (to name what differs on resume)."""
+    if not isinstance(value, dict):
+        return {prefix or "fingerprint": value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def _completed_sites(dst: StoreIO, plan: ConversionPlan, listing: Mapping[str, int]) -> dict[int, int]:
@@ -333,18 +357,9 @@ def _completed_sites(dst: StoreIO, plan: ConversionPlan, listing: Mapping[str, i
     if not candidates:
         return {}
     keys = [f"{item.group}/zarr.json" for item in candidates]
-    if dst.local:
-        documents: list[bytes | None] = []
-        for key in keys:
-            try:
-                documents.append(dst.read(key))
-            except FileNotFoundError:
-                documents.append(None)
-    else:
-        fetched = dst.fs.cat([dst.path(k) for k in keys], on_error="return")
-        documents = [v if isinstance(v, bytes) else None for v in (fetched[dst.path(k)] for k in keys)]
+    documents = dst.read_many(keys)
     done: dict[int, int] = {}
-    for item, document in zip(candidates, documents, strict=True):
+    for item, document in zip(candidates, (documents[k] for k in keys), strict=True):
         if document is None:
             continue
         try:
@@ -388,6 +403,15 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
     fingerprint = _fingerprint(plan, spec, options)
     store = StoreIO(dst, options.dst_storage_options)
     _check_separate(src, options.src_storage_options, store)
+    if store.fs.isfile(store.root):
+        raise StoreExistsError(f"{store.url}: exists and is a file, not a directory; refusing to touch it")
+    if options.execution.distributed and not options.no_pixels:
+        for url, opts in ((src, options.src_storage_options), (dst, options.dst_storage_options)):
+            if _fs.is_process_local(_fs.resolve(url, opts)[0]):
+                raise ValueError(
+                    f"{url}: visible to this process only, so worker processes cannot use it; convert with threads "
+                    "(no --processes or --scheduler)"
+                )
     # Every refusal happens here, before the first write: a refused run leaves the destination untouched.
     take_over = options.resume or options.overwrite
     _lock.check(store, take_over_dead=take_over, break_lock=options.break_lock)
@@ -419,7 +443,11 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
 
         results: dict[int, SiteResult] = {}
         todo = [item for item in plan.items if item.position not in done]
-        job = SiteJob(src, dict(options.src_storage_options), dst, dict(options.dst_storage_options), spec, options.on_error)
+        # workers resolve the URLs again, maybe elsewhere (``dask worker`` started in another directory)
+        job = SiteJob(
+            _fs.portable_url(src), dict(options.src_storage_options), _fs.portable_url(dst),
+            dict(options.dst_storage_options), spec, options.on_error,
+        )
         png_total = sum(plan.png_bytes.get(p, 0) for item in todo for p in item.sources)
         with Progress(len(plan.items), png_total, enabled=options.progress, initial=len(done)) as bar:
 

@@ -14,15 +14,18 @@ import itertools
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
+
+from ._errors import RxRx2ZarrError
 
 __all__ = ["ExecutionConfig", "run_tasks"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: How often distributed retries a task that raised (a transient store error, say). A task whose worker died
-#: is re-run by the scheduler itself, whatever this says.
+#: How often distributed retries a task that raised a transient error (a store's OSError, say). The package's own
+#: errors (a corrupt PNG...) are deterministic and never retried. A task whose worker died is re-run by the
+#: scheduler itself, whatever this says.
 RETRIES = 3
 
 #: At most this many tasks (or four per worker thread, if more) are submitted to a cluster at once; more are
@@ -78,7 +81,13 @@ def _client(config: ExecutionConfig) -> Iterator[Any]:
     else:
         with (
             dist.LocalCluster(
-                n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=config.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                # the scheduler serves HTTP routes even without a dashboard, by default on :8787: take any free
+                # port instead of warning (or clashing) when another cluster runs on this machine
+                scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
             ) as cluster,
             dist.Client(cluster, set_as_default=False) as client,
         ):
@@ -123,6 +132,26 @@ def _run_threads(
         get(graph, list(graph), num_workers=config.workers)
 
 
+@dataclass(frozen=True)
+class _Raised:
+    """A task's deliberate failure, carried back as a value so that distributed does not retry it."""
+
+    error: RxRx2ZarrError
+
+
+@dataclass(frozen=True)
+class _NoRetryOnOwnErrors(Generic[T, R]):
+    """Runs a task on a worker; the package's own errors come back as :class:`_Raised` (picklable, top level)."""
+
+    function: Callable[[T], R]
+
+    def __call__(self, item: T) -> R | _Raised:
+        try:
+            return self.function(item)
+        except RxRx2ZarrError as exc:
+            return _Raised(exc)
+
+
 def _run_distributed(
     function: Callable[[T], R], items: Sequence[T], config: ExecutionConfig, on_result: Callable[[R], None]
 ) -> None:
@@ -134,6 +163,7 @@ def _run_distributed(
         run = uuid.uuid4().hex[:8]
         queue = iter(enumerate(items))
         window = max(WINDOW, 4 * sum(client.nthreads().values()))
+        task = _NoRetryOnOwnErrors(function)
 
         def submit(n: int) -> list[Any]:
             batch = list(itertools.islice(queue, n))
@@ -141,7 +171,7 @@ def _run_distributed(
                 return []
             return list(
                 client.map(
-                    function,
+                    task,
                     [item for _, item in batch],
                     key=[f"rxrx2-{run}-{i}" for i, _ in batch],
                     pure=False,
@@ -149,10 +179,14 @@ def _run_distributed(
                 )
             )
 
-        pending = as_completed(submit(window))
+        pending = as_completed(
+            submit(window), loop=client.loop
+        )  # not default_client(): ours is not the default
         try:
             for future in pending:
                 result = future.result()
+                if isinstance(result, _Raised):
+                    raise result.error
                 # Drop the finished future now, so its worker frees the result and a later loss of that worker
                 # does not make the scheduler recompute a site that is already written.
                 future.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -9,7 +10,15 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-__all__ = ["async_filesystem", "is_local", "is_process_local", "join", "portable_url", "resolve"]
+__all__ = [
+    "async_filesystem",
+    "is_local",
+    "is_process_local",
+    "join",
+    "portable_url",
+    "resolve",
+    "whole_read_options",
+]
 
 #: Filesystems whose data lives in the memory of one process: a worker process sees its own, empty, copy.
 _PROCESS_LOCAL = frozenset({"memory"})
@@ -18,9 +27,47 @@ _PROCESS_LOCAL = frozenset({"memory"})
 def resolve(
     url: str, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return ``(filesystem, path)`` for a plain path or an fsspec URL (``s3://``, ``memory://``, ``file://``...)."""
+    """Return ``(filesystem, path)`` for a plain path or an fsspec URL (``s3://``, ``memory://``, ``file://``...).
+
+    Object-store filesystems (fsspec's async ones: s3fs, gcsfs, adlfs) come without a listings cache. A store is
+    written by several processes at once (cluster workers, the coordinator, a second converter), and a listing
+    cached before another process wrote a key makes that key look absent to ``exists``, ``info`` and, in s3fs,
+    even to a whole-object read. The instance is still shared process-wide (fsspec's instance cache), but not with
+    callers that asked for a cached one: ``use_listings_cache`` is part of the instance's identity.
+    """
     fs, path = url_to_fs(str(url), **dict(storage_options or {}))
+    if fs.async_impl and fs.storage_options.get("use_listings_cache", True):
+        fs = type(fs)(*fs.storage_args, **{**fs.storage_options, "use_listings_cache": False})
     return fs, str(path).rstrip("/") or str(path)
+
+
+def whole_read_options(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:
+    """Extra ``cat_file``/``cat_ranges`` arguments that make a whole-object read one request.
+
+    s3fs (2025 and later) asks for an object's size before reading it whole, to split large objects into
+    concurrent ranged reads: a HEAD before every GET, which doubles the requests for PNGs and documents (none of
+    them near its 50 MB threshold). ``max_concurrency=1`` skips it; older s3fs has neither the HEAD nor the argument.
+    """
+    return {"max_concurrency": 1} if _cat_file_has(type(fs), "max_concurrency") else {}
+
+
+_SIGNATURES: dict[tuple[type, str], bool] = {}
+
+
+def _cat_file_has(cls: type, parameter: str) -> bool:
+    key = (cls, parameter)
+    if key not in _SIGNATURES:
+        method = getattr(cls, "_cat_file", None)
+        try:
+            found = (
+                bool(getattr(cls, "async_impl", False))
+                and method is not None
+                and (parameter in inspect.signature(method).parameters)
+            )
+        except (TypeError, ValueError):  # not introspectable: do not guess
+            found = False
+        _SIGNATURES[key] = found
+    return _SIGNATURES[key]
 
 
 def join(base: str, *parts: str) -> str:

@@ -10,15 +10,19 @@ What the lock guarantees:
   to a process started after the lock was written); ``--resume`` and ``--overwrite`` take such locks over. A lock
   from another host cannot be checked from here and is only taken with ``--break-lock``; ``--break-lock`` still
   refuses a lock whose process is running on this host.
-* **Object storage (S3, GCS, ...) through fsspec.** Advisory. Creating the lock is check-then-put: fsspec offers
-  no portable create-if-absent, so two converters started within the same instant (the few milliseconds of a
-  round trip) may both believe they hold it. A converter started later is refused as above. Two converters racing
-  on one store write whole objects only (no object is ever torn), but if they were started with different options
-  their objects could mix; the root records one set of options. The lock is therefore a guard against mistakes,
-  not a mutual exclusion protocol: do not start two converters on one store on purpose.
+* **Object storage (S3, GCS, ...) through fsspec.** Creating the lock is a conditional PUT (``If-None-Match: *``,
+  see ``StoreIO.write_exclusive``): exclusive on stores that honour it (AWS S3, MinIO, Cloudflare R2), a
+  check-then-put elsewhere, where two converters started within the same instant (one round trip) may both
+  believe they hold it. Taking over a stale lock (``--resume`` of a dead process on this host, ``--break-lock``)
+  re-reads it, deletes it and creates the new one conditionally: object stores offer no portable conditional
+  delete, so two converters taking over the same stale lock at the same instant may, rarely, both proceed. A
+  converter started later is always refused as above. Racing converters write whole objects only (no object is
+  ever torn), but if they were started with different options their objects could mix; the root records one set
+  of options. On object storage the lock is therefore a guard against mistakes, not a mutual exclusion protocol:
+  never start two converters on one store on purpose.
 
 Everywhere, a converter checks that it still holds the lock before it finalizes the store (index, embeddings,
-``complete: true``) and stops if someone broke it, so at most one converter marks a store complete.
+``complete: true``) and stops if someone broke it: a converter whose lock was taken never marks the store complete.
 """
 
 from __future__ import annotations
@@ -176,8 +180,10 @@ def _create(store: StoreIO, lock: Lock) -> bool:
 def _take_over(store: StoreIO, stale: Lock, mine: Lock) -> bool:
     """Replace the lock ``stale`` by ``mine``. False when the lock changed meanwhile (the caller starts over)."""
     if not store.local:
-        store.write(LOCK_KEY, mine.to_json())
-        return read_lock(store) == mine
+        if read_lock(store) != stale:
+            return False  # changed since we judged it: start over
+        store.delete(LOCK_KEY)
+        return store.write_exclusive(LOCK_KEY, mine.to_json())
     path = store.path(LOCK_KEY)
     aside = f"{path}.{mine.token}.stale{PARTIAL_SUFFIX}"
     try:

@@ -1,8 +1,10 @@
 """Planning a conversion: everything that can be checked before a pixel is written.
 
 The plan reads ``metadata.csv`` (and ``embeddings.csv``), lists the source images once, and checks that every
-selected site has its six PNGs and that the image size is known from a PNG header. A bad dataset therefore
-fails in seconds, not hours into a run. Planning never writes anything.
+selected site has its six PNGs, that no image lacks a metadata row, that every file's size (from the listing) is
+plausible for a PNG of the dataset's image size, and takes that size from a majority of a few PNG headers. A bad
+dataset therefore fails in seconds, not hours into a run; what only decoding can reveal (corrupt data, a wrong
+size or kind in an unsampled header) fails at its site. Planning never writes anything.
 """
 
 from __future__ import annotations
@@ -289,8 +291,7 @@ def _image_size(src: StoreIO, paths: Sequence[str]) -> tuple[int, int]:
             continue
         sizes[(header.height, header.width)] = sizes.get((header.height, header.width), 0) + 1
     if not sizes:
-        assert first_error is not None
-        raise first_error
+        raise first_error or SourceError("no image to take the image size from")
     return max(sizes, key=lambda s: sizes[s])  # ties: the first size seen (dicts keep insertion order)
 
 

@@ -90,6 +90,9 @@ _NUMPY_TYPES = {
 MAX_SITES = 50_000_000
 MAX_TEXT_BYTES = 4096
 MAX_EMBEDDING_DIM = 1_000_000
+#: How many elements a chunk may exceed its array by (chunks may overhang the array; absurd ones would make a
+#: missing chunk's fill value allocate without bound).
+MAX_CHUNK_SLACK = 2**24
 #: Relative tolerance of ``select(treatment_conc=value)``: the release stores doses with float artefacts
 #: (``0.0009999999999999`` for 1e-3), which an exact comparison would make unselectable by their nominal value.
 CONC_RTOL = 1e-9
@@ -174,6 +177,8 @@ class _ArrayDoc:
         if not isinstance(grid, Mapping) or grid.get("name") != "regular" or not isinstance(grid.get("configuration"), Mapping):
             raise StoreFormatError(f"{where}: only a regular chunk grid is supported, got {grid!r}")
         chunks = _positive_ints(grid["configuration"].get("chunk_shape"), ndim, where, "chunk shape")
+        if math.prod(chunks) > math.prod(shape) + MAX_CHUNK_SLACK:
+            raise StoreFormatError(f"{where}: chunk shape {list(chunks)} is implausible for shape {list(shape)}")
         encoding_doc = doc.get("chunk_key_encoding", {"name": "default"})
         encoding = encoding_doc.get("name") if isinstance(encoding_doc, Mapping) else None
         config = (encoding_doc.get("configuration") or {}) if isinstance(encoding_doc, Mapping) else {}
@@ -272,7 +277,7 @@ class _ArrayDoc:
             block[index] = chunk
         slots = np.searchsorted(row_chunks, wanted_rows // self.chunks[0])
         local = slots * self.chunks[0] + wanted_rows % self.chunks[0]
-        out = block[local]
+        out: npt.NDArray[Any] = block[local]
         if self.ndim > 1:
             out = out[(slice(None), *(slice(0, s) for s in self.shape[1:]))]
         return out
@@ -298,12 +303,17 @@ def _zstd_content_size(data: bytes | memoryview) -> int | None:
     return value + 256 if size == 2 else value
 
 
+def _buffer(data: bytes | memoryview) -> Any:
+    """imagecodecs' stubs say bytes; it takes any contiguous buffer (no copy needed)."""
+    return data
+
+
 def _zstd_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
     try:
         size = _zstd_content_size(data)
         if size is None or size > cap:
             raise ValueError(f"zstd frame declares {size} bytes (limit {cap})")
-        decoded = imagecodecs.zstd_decode(data, out=size)
+        decoded = imagecodecs.zstd_decode(_buffer(data), out=size)
     except (ValueError, imagecodecs.ZstdError) as exc:
         raise StoreFormatError(f"{where}: corrupt zstd chunk ({exc})") from None
     if len(decoded) != size:
@@ -318,7 +328,7 @@ def _blosc_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
     if nbytes > cap or cbytes != len(data):
         raise StoreFormatError(f"{where}: corrupt blosc chunk header ({nbytes} bytes, {cbytes} compressed)")
     try:
-        return bytes(imagecodecs.blosc_decode(data, numthreads=1))
+        return bytes(imagecodecs.blosc_decode(_buffer(data), numthreads=1))
     except (imagecodecs.BloscError, RuntimeError, ValueError) as exc:
         raise StoreFormatError(f"{where}: corrupt blosc chunk ({exc})") from None
 
@@ -419,8 +429,9 @@ def _io_for(url: str, storage_options: Mapping[str, Any]) -> StoreIO:
 
 
 @functools.lru_cache(maxsize=8)
-def _codec_for(spec: SiteArraySpec) -> ShardCodec:
-    return ShardCodec(spec, "site array")
+def _codec_for(array_document: str) -> ShardCodec:
+    """The shard codec of a validated site array document (JSON text: hashable, and small to pickle)."""
+    return ShardCodec.from_array_metadata(json.loads(array_document), "site array")
 
 
 _POOL_LOCK = threading.Lock()
@@ -469,10 +480,11 @@ class _SiteReader:
     url: str
     storage_options: Mapping[str, Any]
     spec: SiteArraySpec
+    array_document: str
     pixels: bool
 
     def __hash__(self) -> int:
-        return hash((self.url, json.dumps(dict(self.storage_options), sort_keys=True, default=str), self.spec))
+        return hash((self.url, json.dumps(dict(self.storage_options), sort_keys=True, default=str), self.array_document))
 
     def __call__(self, ref: _SiteRef) -> Pixels:
         """A dask task: one full site as a (1, 6, H, W) block."""
@@ -500,7 +512,7 @@ class _SiteReader:
             out[...] = 0  # a --no-pixels store: the layout without image data
             return out
         io = _io_for(self.url, self.storage_options)
-        codec = _codec_for(spec)
+        codec = _codec_for(self.array_document)
         key = f"{ref.path}/{SHARD_KEY}"
         executor, tasks = (_pool(), _decode_tasks()) if parallel else (None, 1)
         full = channels is None and region is None
@@ -563,16 +575,16 @@ class _Store:
             self.spec = SiteArraySpec.from_options(self.attrs["options"])
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreFormatError(f"{url}: root attributes: invalid site array options ({exc})") from None
-        self.codec = _codec_for(self.spec)  # validates the profile's codec chain against the allowlist
         self.pixels = self.attrs.get("pixels", True)
         if not isinstance(self.pixels, bool):
             raise StoreFormatError(f"{url}: root attributes: 'pixels' must be true or false, got {self.pixels!r}")
         self.columns = self._read_index()
         self.n = len(self.columns["site_id"])
-        self._embeddings_doc = self._embeddings_document()
+        self._embeddings_doc, array_document = self._documents()
         self._embeddings_lock = threading.Lock()
         self._embeddings: npt.NDArray[np.float32] | None = None
-        self.reader = _SiteReader(url, self.storage_options, self.spec, self.pixels)
+        self.codec = _codec_for(array_document)
+        self.reader = _SiteReader(url, self.storage_options, self.spec, array_document, self.pixels)
         frame = pd.DataFrame(
             {
                 c: (
@@ -638,32 +650,51 @@ class _Store:
         columns["checksum"] = columns["checksum"].astype(np.int64)
         return columns
 
-    def _embeddings_document(self) -> _ArrayDoc | None:
+    def _documents(self) -> tuple[_ArrayDoc | None, str]:
+        """The embeddings array's document (None if absent) and the site array document, in one batch."""
         key = f"{EMBEDDINGS_ARRAY}/zarr.json"
-        # The site array spec is cross-checked against one site's document in the same batch (no extra round trip).
         site_key = f"{self.columns['path'][0]}/zarr.json" if self.n else None
         docs = _read_many(self.io, [key] + ([site_key] if site_key else []))
         if site_key is not None:
-            self._check_site_document(_json(docs[site_key], f"{self.url}: {site_key}"), site_key)
+            array_document = self._site_document(_json(docs[site_key], f"{self.url}: {site_key}"), site_key)
+        else:
+            array_document = json.dumps(self.spec.array_metadata())  # an empty store: nothing will be decoded
         if docs[key] is None:
-            return None  # the source had no embeddings.csv
+            return None, array_document  # the source had no embeddings.csv
         where = f"{self.url}: {key}"
         doc = _ArrayDoc.parse(_json(docs[key], where), EMBEDDINGS_ARRAY, frozenset({"float32", "float64"}), 2, where)
         if doc.shape[0] != self.n:
             raise StoreFormatError(f"{where}: {doc.shape[0]} rows for {self.n} sites in the index")
-        return doc
+        return doc, array_document
 
-    def _check_site_document(self, doc: Any, key: str) -> None:
+    def _site_document(self, doc: Any, key: str) -> str:
+        """Check one site array's document against the root attributes; return it (JSON) to decode every site with.
+
+        The codec chain is taken from the document rather than rebuilt from the profile name, so a store stays
+        readable whatever the profile meant when it was written, as long as its chain is one ShardCodec decodes.
+        """
         where = f"{self.url}: {key}"
         if not isinstance(doc, Mapping):
             raise StoreFormatError(f"{where}: not a JSON object")
         _check_codec_names(doc.get("codecs"), where)
         expected = self.spec.array_metadata()
-        for field in ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value"):
+        for field in ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value"):
             if doc.get(field) != expected[field]:
                 raise StoreFormatError(
                     f"{where}: {field} is {doc.get(field)!r}, but the root attributes describe {expected[field]!r}"
                 )
+        sharding = doc["codecs"][0].get("configuration") or {}
+        want = expected["codecs"][0]["configuration"]["chunk_shape"]
+        if doc["codecs"][0].get("name") != "sharding_indexed" or sharding.get("chunk_shape") != want:
+            raise StoreFormatError(f"{where}: expected one shard of {want} inner chunks, as the root attributes describe")
+        document = json.dumps({field: doc[field] for field in ("zarr_format", "shape", "data_type", "chunk_grid", "codecs")})
+        try:
+            _codec_for(document)  # validates the inner and index codec chains
+        except StoreFormatError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise StoreFormatError(f"{where}: malformed sharding configuration ({exc})") from None
+        return document
 
     def embeddings(self, positions: npt.NDArray[np.int64] | None) -> npt.NDArray[np.float32] | None:
         if self._embeddings_doc is None:
@@ -693,11 +724,13 @@ def _store_for_pickle(url: str, storage_options: Mapping[str, Any]) -> _Store:
     with _STORES_LOCK:
         store = _STORES.get(key)
         if store is None:
+            if len(_STORES) >= 8:  # a long-lived worker that saw many stores keeps only the latest few
+                del _STORES[next(iter(_STORES))]
             store = _STORES[key] = _Store(url, storage_options)
         return store
 
 
-def open(url: str, storage_options: Mapping[str, Any] | None = None) -> Dataset:  # noqa: A001 - public name by design
+def open(url: str, storage_options: Mapping[str, Any] | None = None) -> Dataset:
     """Open an rxrx2-zarr store (a path or fsspec URL) for reading.
 
     Reads the root attributes and the root index only (a fixed number of objects, whatever the number of sites),
@@ -756,11 +789,11 @@ def _match(column: str, values: npt.NDArray[Any], wanted: Any) -> npt.NDArray[np
 def _equal(column: str, values: npt.NDArray[Any], wanted: Any) -> npt.NDArray[np.bool_]:
     if column in _NUMERIC_COLUMNS:
         if column in _FLOAT_COLUMNS and (wanted is None or (_is_number(wanted) and math.isnan(float(wanted)))):
-            return np.isnan(values)  # the EMPTY controls have no concentration
+            return np.asarray(np.isnan(values), dtype=bool)  # the EMPTY controls have no concentration
         if not _is_number(wanted):
             raise ValueError(f"select({column}=...): expected a number, a list of numbers or a (lo, hi) range, got {wanted!r}")
         if column in _FLOAT_COLUMNS:
-            return np.isclose(values, float(wanted), rtol=CONC_RTOL, atol=0.0)
+            return np.asarray(np.isclose(values, float(wanted), rtol=CONC_RTOL, atol=0.0), dtype=bool)
         return np.asarray(values == wanted)
     if not isinstance(wanted, str):
         raise ValueError(f"select({column}=...): expected a string or a list of strings, got {wanted!r}")
@@ -810,7 +843,7 @@ class Dataset:
     @property
     def pixels(self) -> bool:
         """False for a ``--no-pixels`` store (every read returns zeros)."""
-        return self._store.pixels
+        return bool(self._store.pixels)
 
     def __reduce__(self) -> tuple[Callable[..., Dataset], tuple[Any, ...]]:
         return (_restore, (self.url, self.storage_options, self._positions, self._store.n))
@@ -887,8 +920,9 @@ class Dataset:
         if missing:
             raise SiteNotFoundError(f"site(s) not in store {self.url}: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         if self._positions is not None:
-            slots = np.searchsorted(self._positions, found)
-            inside = (slots < len(self._positions)) & (self._positions[np.minimum(slots, len(self._positions) - 1)] == found)
+            selected = self._positions  # ascending: a binary search per id
+            slots = np.minimum(np.searchsorted(selected, found), max(len(selected) - 1, 0))
+            inside = selected[slots] == found if len(selected) else np.zeros(len(found), dtype=bool)
             if not inside.all():
                 outside = [s for s, ok in zip(site_ids, inside, strict=True) if not ok]
                 raise SiteNotFoundError(f"site(s) in the store but not in this selection: {outside[:5]}")
@@ -981,7 +1015,8 @@ class Dataset:
         spec, store = self.spec, self._store
         positions = self.positions
         if not len(positions):
-            return da.zeros((0, *spec.shape), dtype=np.uint8, chunks=(1, *spec.shape))
+            empty: dask.array.Array = da.zeros((0, *spec.shape), dtype=np.uint8, chunks=(1, *spec.shape))
+            return empty
         name = "rxrx2-images-" + tokenize(self.url, store.storage_options, spec, store.pixels, positions)
         reader = store.reader
         columns = store.columns
@@ -991,10 +1026,13 @@ class Dataset:
             columns["path"][positions].tolist(),
             columns["checksum"][positions].tolist(),
         )
-        graph = {(name, k, 0, 0, 0): (reader, ref) for k, ref in enumerate(refs)}
+        graph: dict[Any, Any] = {(name, k, 0, 0, 0): (reader, ref) for k, ref in enumerate(refs)}
         chunks = ((1,) * len(positions), (spec.channels,), (spec.height,), (spec.width,))
         layer = HighLevelGraph.from_collections(name, graph, dependencies=())
-        return da.Array(layer, name, chunks, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
+        array: dask.array.Array = da.Array(  # type: ignore[no-untyped-call]
+            layer, name, chunks, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8)
+        )
+        return array
 
     # --- views ----------------------------------------------------------------------------------------------------
 

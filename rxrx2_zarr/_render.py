@@ -133,9 +133,9 @@ def montage(
     columns = max(1, min(columns, len(ids)))
     rows = math.ceil(len(ids) / columns)
     canvas = Image.new("RGB", (columns * width, rows * (height + label_height)), (0, 0, 0))
+    planes = dataset.read(ids, channels=numbers)  # only the channels rendered are read; unknown ids raise here
     metadata = dataset.sites.loc[ids]
-    planes = dataset.read(ids, channels=numbers)  # only the channels rendered are read
-    for k, site_id in enumerate(ids):
+    for k in range(len(ids)):
         image = Image.fromarray(render_planes(planes[k], numbers, vmax), mode="RGB")
         if (width, height) != image.size:
             image = image.resize((width, height), Image.Resampling.BOX)
@@ -143,7 +143,8 @@ def montage(
         cell.paste(image, (0, 0))
         if label:
             draw = ImageDraw.Draw(cell)  # drawn on the tile, so a long label is clipped at its edge
-            for line, text in enumerate(_label_lines(metadata.iloc[k].to_dict() | {"site_id": site_id})):
+            row = {str(key): value for key, value in metadata.iloc[k].items()}
+            for line, text in enumerate(_label_lines(row)):
                 draw.text((3, height + 2 + line * line_height), text, fill=(235, 235, 235), font=font)
         canvas.paste(cell, ((k % columns) * width, (k // columns) * (height + label_height)))
     return canvas

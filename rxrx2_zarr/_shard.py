@@ -242,12 +242,12 @@ class ShardCodec:
         if kind == "blosc":
             _check_blosc_header(data, self._chunk_nbytes)
             try:
-                imagecodecs.blosc_decode(data, numthreads=1, out=_any(out))
+                imagecodecs.blosc_decode(_any(data), numthreads=1, out=_any(out))
             except (imagecodecs.BloscError, RuntimeError, ValueError) as exc:
                 raise ShardDataError(f"blosc inner chunk does not decode ({exc})") from None
         elif kind == "zstd":
             try:
-                decoded = imagecodecs.zstd_decode(data, out=_any(out))
+                decoded = imagecodecs.zstd_decode(_any(data), out=_any(out))
             except imagecodecs.ZstdError as exc:
                 raise ShardDataError(f"zstd inner chunk does not decode ({exc})") from None
             if len(decoded) != self._chunk_nbytes:
@@ -396,6 +396,6 @@ def iter_chunk_slices(codec: ShardCodec) -> Iterable[tuple[int, int, int]]:
     return np.ndindex(*codec.grid)
 
 
-def _any(array: Pixels) -> Any:
-    """imagecodecs' stubs type ``out`` as bytearray/memoryview; any writable contiguous buffer works."""
-    return array
+def _any(buffer: object) -> Any:
+    """imagecodecs' stubs are narrower than what it accepts: any contiguous buffer (memoryview, numpy array)."""
+    return buffer

@@ -4,10 +4,10 @@ Keys are ``/``-separated and relative to the store root. Every key is checked be
 from an untrusted store (the index's ``path`` column) can never address anything outside the store.
 
 Object stores: every write is one whole object (a site's shard is one PUT), so concurrent writers never
-read-modify-write a shared object. fsspec's object-store filesystems (s3fs, gcsfs) keep a listings cache per
-filesystem instance, and instances are shared process-wide; other processes (cluster workers, a second converter)
-write the same store, so a cached listing can make ``exists`` answer from the past. Every metadata query here
-therefore drops the cached entries of the path it asks about first; reads of object bytes never use that cache.
+read-modify-write a shared object, and a reader sees a site's old object or its new one, never a mix. The
+filesystem comes from :func:`._fs.resolve` without a listings cache: other processes (cluster workers, a second
+converter) write the same store, and s3fs consults its cache even to read a whole object (it asks for the size
+first), so a listing made before a worker wrote a key would make that key look absent.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class StoreIO:
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         self.fs, self.root = _fs.resolve(self.url, self.storage_options)
         self.local = _fs.is_local(self.fs)
+        self._whole = _fs.whole_read_options(self.fs)
 
     @property
     def portable_url(self) -> str:
@@ -53,17 +54,10 @@ class StoreIO:
         """True when other processes cannot see this store (``memory://``): threads only, no cluster."""
         return _fs.is_process_local(self.fs)
 
-    def _fresh(self, path: str) -> str:
-        """Forget cached listings of ``path`` and its parents, so the next metadata query asks the store.
-
-        Cheap (dictionary pops) and a no-op on filesystems without a listings cache (local, memory).
-        """
-        if not self.local:
-            self.fs.invalidate_cache(path)
-        return path
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable for worker processes: rebuild from url and options
-        return (StoreIO, (self.url, self.storage_options))
+    def __reduce__(self) -> tuple[Any, ...]:
+        # picklable for worker processes: rebuilt there from the URL (made absolute: a worker's working directory
+        # is its own) and the options
+        return (StoreIO, (self.portable_url, self.storage_options))
 
     def path(self, key: str) -> str:
         return _fs.join(self.root, check_key(key))
@@ -71,7 +65,7 @@ class StoreIO:
     # --- reads ----------------------------------------------------------------------------------------------------
 
     def read(self, key: str) -> bytes:
-        return bytes(self.fs.cat_file(self.path(key)))
+        return bytes(self.fs.cat_file(self.path(key), **self._whole))
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         return bytes(self.fs.cat_file(self.path(key), start=start, end=end))
@@ -110,7 +104,9 @@ class StoreIO:
                     out[key] = None
             return out
         # cat_ranges, not cat: no glob expansion of the paths; concurrent requests on async filesystems
-        found = self.fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return")
+        found = self.fs.cat_ranges(
+            paths, [None] * len(paths), [None] * len(paths), on_error="return", **self._whole
+        )
         result: dict[str, bytes | None] = {}
         for key, value in zip(wanted, found, strict=True):
             if isinstance(value, FileNotFoundError):
@@ -122,29 +118,26 @@ class StoreIO:
         return result
 
     def size(self, key: str) -> int:
-        return int(self.fs.size(self._fresh(self.path(key))))
+        return int(self.fs.size(self.path(key)))
 
     def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self._fresh(self.path(key))))
+        return bool(self.fs.exists(self.path(key)))
 
     def root_exists(self) -> bool:
-        return bool(self.fs.exists(self._fresh(self.root)))
+        return bool(self.fs.exists(self.root))
 
     def is_empty_or_missing(self) -> bool:
-        if not self.fs.exists(self._fresh(self.root)):
+        if not self.fs.exists(self.root):
             return True
         if self.fs.isfile(self.root):
             return False
-        return len(self.fs.ls(self._fresh(self.root), detail=False)) == 0
+        return len(self.fs.ls(self.root, detail=False)) == 0
 
     def find(self, prefix: str = "", detail: bool = False) -> dict[str, int]:
         """``{key: size}`` of every object under ``prefix`` (sizes are 0 unless ``detail``), listed afresh."""
         base = self.path(prefix) if prefix else self.root
-        if not self.fs.exists(self._fresh(base)):
+        if not self.fs.exists(base):
             return {}
-        # s3fs lists afresh for find() but other filesystems may answer from the cache: drop the whole subtree
-        if not self.local:
-            self._forget_below(base)
         found = self.fs.find(base, detail=detail)
         strip = len(self.root.rstrip("/")) + 1
         if detail:
@@ -197,37 +190,22 @@ class StoreIO:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             return True
-        if self.fs.exists(self._fresh(path)):
+        if self.fs.exists(path):
             return False
         try:
             self.fs.pipe_file(path, data, mode="create")
         except FileExistsError:
             return False
-        finally:
-            self._fresh(path)
         return True
 
     def delete(self, key: str) -> None:
         path = self.path(key)
-        if self.fs.exists(self._fresh(path)):
+        if self.fs.exists(path):
             self.fs.rm_file(path)
-        self._fresh(path)
 
     def remove_root(self) -> None:
-        if self.fs.exists(self._fresh(self.root)):
+        if self.fs.exists(self.root):
             self.fs.rm(self.root, recursive=True)
-        self._forget_below(self.root)
-
-    def _forget_below(self, base: str) -> None:
-        """Forget cached listings of ``base``, its parents and everything under it."""
-        if self.local:
-            return
-        self.fs.invalidate_cache(base)
-        cache = getattr(self.fs, "dircache", None)
-        if cache is not None:
-            prefix = base.rstrip("/") + "/"
-            for cached in [p for p in list(cache) if str(p).startswith(prefix)]:
-                cache.pop(cached, None)
 
     # --- zarr -----------------------------------------------------------------------------------------------------
 

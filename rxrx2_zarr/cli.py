@@ -73,6 +73,9 @@ def _run(action: Callable[[], Any]) -> Any:
     except ValueError as exc:  # invalid option values rejected by the library's validated dataclasses
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # unreadable paths, network and permission failures of the storage layer
+        click.echo(f"error: {exc.__class__.__name__}: {exc}", err=True)
+        sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -123,10 +123,8 @@ class Process:
         """SIGTERM the group, then SIGKILL what is left after ``grace`` seconds."""
         if self.popen.poll() is None:
             self._signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
         # the group may outlive its leader (a nanny's worker): always finish it off
         self._signal(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -240,6 +238,7 @@ class DaskCluster:
         self.scheduler = Process(
             "dask scheduler",
             [PYTHON, "-m", "distributed.cli.dask_scheduler", "--host", HOST, "--port", "0", "--no-dashboard",
+             "--dashboard-address", f"{HOST}:0",
              "--scheduler-file", str(info)],
             self.workdir / "scheduler.log", env=self.env, cwd=self.workdir,
         )
@@ -252,7 +251,8 @@ class DaskCluster:
 
     def add_worker(self, name: str, *, preload: bool = False) -> Process:
         argv = [PYTHON, "-m", "distributed.cli.dask_worker", self.address, "--name", name, "--host", HOST,
-                "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--memory-limit", "0",
+                "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--dashboard-address", f"{HOST}:0",
+                "--memory-limit", "0",
                 "--local-directory", str(self.workdir / name),
                 # a worker whose scheduler is gone exits by itself: no orphans if a test run is killed
                 "--death-timeout", "60"]
@@ -264,9 +264,10 @@ class DaskCluster:
         return worker
 
     def client(self, timeout: float = 60.0) -> Any:
-        from distributed import Client
+        import distributed
 
-        return Client(self.address, timeout=timeout, set_as_default=False)
+        dist: Any = distributed  # unannotated constructors
+        return dist.Client(self.address, timeout=timeout, set_as_default=False)
 
     def wait_for_workers(self, n: int, timeout: float = 120.0) -> None:
         with self.client() as client:
@@ -320,7 +321,7 @@ def dask_setup(worker: Any) -> None:
         time.sleep(seconds / 2)
         return result
 
-    _convert.convert_site = slow_convert_site  # type: ignore[assignment]
+    _convert.convert_site = slow_convert_site
 
 
 def rxrx2_cli(args: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None) -> Process:

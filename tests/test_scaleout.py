@@ -8,6 +8,7 @@ Images are 64 x 64 and the trees small, so the module takes about a minute even 
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,19 +16,28 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _services import (
+    KEY,
+    SECRET,
+    SITE_SECONDS_ENV,
+    DaskCluster,
+    MotoS3,
+    dask_cluster,
+    moto_s3,
+    rxrx2_cli,
+    wait_until,
+)
 from click.testing import CliRunner
 from PIL import Image
 
 from rxrx2_zarr import _lock
 from rxrx2_zarr._convert import ConvertOptions, convert
-from rxrx2_zarr._errors import StoreLockedError
+from rxrx2_zarr._errors import ImageError, StoreLockedError
 from rxrx2_zarr._plan import ConversionPlan, make_plan
 from rxrx2_zarr._storage import StoreIO
 from rxrx2_zarr._synth import synth
 from rxrx2_zarr._verify import verify
 from rxrx2_zarr.cli import main as cli
-
-from _services import KEY, SECRET, SITE_SECONDS_ENV, MotoS3, dask_cluster, moto_s3, rxrx2_cli, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -240,6 +250,7 @@ def test_lock_and_resume_on_a_bucket(s3: MotoS3, tree: Path, plan: ConversionPla
     options = ConvertOptions(inner_chunks=INNER, workers=2, progress=False, dst_storage_options=s3.storage_options)
     assert convert(str(tree), url, options).converted == len(plan.items)
 
+    assert len(StoreIO(url, s3.storage_options).find()) > 0  # this process has listed the store (s3fs may cache it)
     other = s3.client()
     lost_shard, lost_marker = plan.items[0], plan.items[-1]
     other.delete_object(Bucket=bucket, Key=f"rxrx2.zarr/{lost_shard.shard}")  # its marker stays
@@ -302,8 +313,15 @@ def test_cluster_survives_a_killed_worker(s3: MotoS3, big_tree: Path, tmp_path: 
             done = len(markers & s3.keys(bucket, "rxrx2.zarr/"))
             return done if done >= 3 else None
 
+        def victim_busy(client: Any) -> bool:
+            """w0 holds tasks (running or queued on it): they are the ones the kill takes away."""
+            address = {info["name"]: a for a, info in client.scheduler_info(n_workers=-1)["workers"].items()}["w0"]
+            return bool(client.processing([address]).get(address))
+
         try:
             done_at_kill = wait_until(sites_written, 240, "three sites written", watch=[run])
+            with cluster.client() as client:
+                wait_until(lambda: victim_busy(client), 60, "tasks on worker w0", watch=[run])
             cluster.workers[0].kill()
             assert run.wait(300) == 0, run.output() + cluster.logs()
         finally:
@@ -337,7 +355,14 @@ def test_local_process_cluster_from_the_command_line(tree: Path, plan: Conversio
     assert root["complete"] is True
 
 
-def test_reader_computes_on_a_distributed_client(s3: MotoS3, s3_store: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A plain scheduler with two single-threaded worker processes, shared by the tests that do not kill it."""
+    with dask_cluster(tmp_path_factory.mktemp("cluster"), 2) as running:
+        yield running
+
+
+def test_reader_computes_on_a_distributed_client(s3: MotoS3, s3_store: str, cluster: DaskCluster) -> None:
     """``open(s3 store).images`` reductions give the same answer on a cluster (workers reading the bucket) as on
     local threads."""
     from rxrx2_zarr._reader import open as open_store
@@ -345,9 +370,31 @@ def test_reader_computes_on_a_distributed_client(s3: MotoS3, s3_store: str, tmp_
     ds = open_store(s3_store, storage_options=s3.storage_options)
     local_mean = np.asarray(ds.images.mean(axis=(0, 2, 3)).compute(scheduler="threads"))
     local_sites = np.asarray(ds.images[:3].compute(scheduler="threads"))
-    with dask_cluster(tmp_path / "cluster", 2) as cluster, cluster.client() as client:
+    with cluster.client() as client:
         remote_mean = np.asarray(client.compute(ds.images.mean(axis=(0, 2, 3))).result(timeout=120))
         remote_sites = np.asarray(client.compute(ds.images[:3]).result(timeout=120))
     assert remote_mean.shape == (6,)
     np.testing.assert_allclose(remote_mean, local_mean, rtol=1e-12)
     np.testing.assert_array_equal(remote_sites, local_sites)
+
+
+def test_task_errors_come_back_from_the_cluster(
+    cluster: DaskCluster, tree: Path, plan: ConversionPlan, tmp_path: Path
+) -> None:
+    """A bad site fails the run with the package's own error (raised on a worker, re-raised here), or is skipped
+    and reported with ``on_error="skip"``, exactly as with local threads."""
+    src = tmp_path / "src"
+    shutil.copytree(tree, src)
+    bad = plan.items[1]
+    png = src / bad.sources[2]
+    data = bytearray(png.read_bytes())
+    data[-40:-12] = bytes(28)  # a valid header (planning passes) over a corrupt image stream: fails on a worker
+    png.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=bad.sources[2].rsplit("/", 1)[-1]):
+        convert(str(src), str(tmp_path / "fail.zarr"),
+                ConvertOptions(inner_chunks=INNER, scheduler=cluster.address, progress=False))
+    report = convert(str(src), str(tmp_path / "skip.zarr"),
+                     ConvertOptions(inner_chunks=INNER, scheduler=cluster.address, progress=False, on_error="skip"))
+    assert [s.site_id for s in report.skipped] == [bad.site_id]
+    assert report.converted == len(plan.items) - 1
+    _assert_verified(str(src), str(tmp_path / "skip.zarr"), len(plan.items) - 1)
