@@ -116,6 +116,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for target in TARGETS:
         value, text = target.extract(results)
+        if value is None and not text.startswith("not measured"):
+            text = "not measured (the workload did not run or failed)"
         status = "NOT RUN" if value is None else ("MET" if target.met(value) else "MISSED")
         rows.append(
             {"target": target.name, "goal": target.goal, "value": value, "measured": text, "status": status}
@@ -484,6 +486,9 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     for key in WORKLOADS:
         title, section = SECTIONS[key]
         lines += [f"## {title}", ""]
+        if isinstance(results.get(key), dict) and "skipped" in results[key]:
+            lines += [f"Skipped ({results[key]['skipped']}).", ""]
+            continue
         if key in errors:
             lines += [
                 "Failed: `" + errors[key].strip().splitlines()[-1] + "` (traceback in results.json)",

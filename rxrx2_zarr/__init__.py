@@ -16,9 +16,14 @@ from ._errors import (
     StoreLockedError,
     VerificationError,
 )
+from ._info import InfoReport, info
 from ._layout import PROFILES, CodecProfile, SiteArraySpec
 from ._paths import ImageKey, SiteKey, WellAddress, parse_image_path, parse_site_id, parse_well_id
+from ._reader import Dataset, open
+from ._render import to_rgb
 from ._schema import load_embeddings, load_metadata
+from ._synth import SynthReport, synth
+from ._verify import VerifyReport, verify
 
 __all__ = [
     "PROFILES",
@@ -26,8 +31,10 @@ __all__ = [
     "CodecProfile",
     "ConvertOptions",
     "ConvertReport",
+    "Dataset",
     "ImageError",
     "ImageKey",
+    "InfoReport",
     "MetadataError",
     "PathGrammarError",
     "RxRx2ZarrError",
@@ -38,12 +45,19 @@ __all__ = [
     "StoreExistsError",
     "StoreFormatError",
     "StoreLockedError",
+    "SynthReport",
     "VerificationError",
+    "VerifyReport",
     "WellAddress",
     "convert",
+    "info",
     "load_embeddings",
     "load_metadata",
+    "open",
     "parse_image_path",
     "parse_site_id",
     "parse_well_id",
+    "synth",
+    "to_rgb",
+    "verify",
 ]

@@ -15,9 +15,9 @@ __all__ = [
     "is_local",
     "is_process_local",
     "join",
+    "object_store_overrides",
     "portable_url",
     "resolve",
-    "whole_read_options",
 ]
 
 #: Filesystems whose data lives in the memory of one process: a worker process sees its own, empty, copy.
@@ -29,45 +29,58 @@ def resolve(
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return ``(filesystem, path)`` for a plain path or an fsspec URL (``s3://``, ``memory://``, ``file://``...).
 
-    Object-store filesystems (fsspec's async ones: s3fs, gcsfs, adlfs) come without a listings cache. A store is
-    written by several processes at once (cluster workers, the coordinator, a second converter), and a listing
-    cached before another process wrote a key makes that key look absent to ``exists``, ``info`` and, in s3fs,
-    even to a whole-object read. The instance is still shared process-wide (fsspec's instance cache), but not with
-    callers that asked for a cached one: ``use_listings_cache`` is part of the instance's identity.
+    Object-store filesystems (fsspec's async ones: s3fs, gcsfs, adlfs) are tuned for a store that several processes
+    write at once (see :func:`object_store_overrides`). The instance is still shared process-wide through fsspec's
+    instance cache, but not with callers that configured their own: the overrides are part of its identity.
     """
     fs, path = url_to_fs(str(url), **dict(storage_options or {}))
-    if fs.async_impl and fs.storage_options.get("use_listings_cache", True):
-        fs = type(fs)(*fs.storage_args, **{**fs.storage_options, "use_listings_cache": False})
+    overrides = object_store_overrides(fs)
+    if overrides:
+        fs = type(fs)(*fs.storage_args, **{**fs.storage_options, **overrides})
     return fs, str(path).rstrip("/") or str(path)
 
 
-def whole_read_options(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:
-    """Extra ``cat_file``/``cat_ranges`` arguments that make a whole-object read one request.
+def object_store_overrides(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:
+    """Options an object-store filesystem needs here, unless the caller set them.
 
-    s3fs (2025 and later) asks for an object's size before reading it whole, to split large objects into
-    concurrent ranged reads: a HEAD before every GET, which doubles the requests for PNGs and documents (none of
-    them near its 50 MB threshold). ``max_concurrency=1`` skips it; older s3fs has neither the HEAD nor the argument.
+    * ``use_listings_cache=False``: cluster workers, the coordinator and other converters write the same store, and
+      a listing cached before another process wrote a key makes that key look absent to ``exists`` and ``info``,
+      and in s3fs even to a whole-object read (which asks for the size first).
+    * ``max_concurrency=1`` (s3fs 2025 and later): s3fs asks for an object's size before reading it whole, to split
+      large objects into concurrent ranged reads. That is a HEAD before every GET, doubling the requests for PNGs,
+      shards and zarr.json documents, none of them near its 50 MB threshold. (It also bounds the concurrency of
+      multipart uploads, which start at 100 MB: never used here.)
     """
-    return {"max_concurrency": 1} if _cat_file_has(type(fs), "max_concurrency") else {}
+    if not fs.async_impl:
+        return {}
+    given = fs.storage_options
+    overrides: dict[str, Any] = {}
+    if "use_listings_cache" not in given:  # an explicit choice of the caller is kept
+        overrides["use_listings_cache"] = False
+    if "max_concurrency" not in given and _reads_whole_concurrently(type(fs)):
+        overrides["max_concurrency"] = 1
+    return overrides
 
 
-_SIGNATURES: dict[tuple[type, str], bool] = {}
+_CONCURRENT_READS: dict[type, bool] = {}
 
 
-def _cat_file_has(cls: type, parameter: str) -> bool:
-    key = (cls, parameter)
-    if key not in _SIGNATURES:
-        method = getattr(cls, "_cat_file", None)
-        try:
-            found = (
-                bool(getattr(cls, "async_impl", False))
-                and method is not None
-                and (parameter in inspect.signature(method).parameters)
-            )
-        except (TypeError, ValueError):  # not introspectable: do not guess
-            found = False
-        _SIGNATURES[key] = found
-    return _SIGNATURES[key]
+def _reads_whole_concurrently(cls: type) -> bool:
+    """Whether ``cls`` is an s3fs-like filesystem whose whole-object reads HEAD first: both its ``_cat_file`` and
+    its constructor take ``max_concurrency``."""
+    if cls not in _CONCURRENT_READS:
+        found = False
+        cat_file = getattr(cls, "_cat_file", None)
+        if cat_file is not None:
+            try:
+                # not inspect.signature(cls): fsspec's caching metaclass hides the constructor's parameters;
+                # getattr: mypy rejects __init__ read from a class object
+                init = getattr(cls, "__init__")  # noqa: B009
+                found = all("max_concurrency" in inspect.signature(m).parameters for m in (cat_file, init))
+            except (TypeError, ValueError):  # not introspectable: do not guess
+                found = False
+        _CONCURRENT_READS[cls] = found
+    return _CONCURRENT_READS[cls]
 
 
 def join(base: str, *parts: str) -> str:

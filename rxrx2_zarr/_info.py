@@ -8,8 +8,9 @@ from typing import Any
 
 import pandas as pd
 
+from ._reader import open as open_store
 from ._storage import StoreIO
-from ._verify import _read_index, _root_attrs
+from ._verify import _root_attrs
 
 __all__ = ["InfoReport", "info"]
 
@@ -83,13 +84,16 @@ class InfoReport:
 def info(url: str, storage_options: Mapping[str, Any] | None = None) -> InfoReport:
     store = StoreIO(url, storage_options)
     attrs = _root_attrs(store)
-    index = _read_index(store)
-    per_plate = (
-        index.assign(empty=index["treatment"] == "EMPTY")
-        .groupby(["experiment", "plate"], sort=False)
-        .agg(wells=("well_id", "nunique"), sites=("site_id", "size"), empty_sites=("empty", "sum"))
-        .reset_index()
-    )
+    if attrs.get("complete"):
+        sites = open_store(url, storage_options).sites
+        per_plate = (
+            sites.assign(empty=sites["treatment"] == "EMPTY")
+            .groupby(["experiment", "plate"], sort=False)
+            .agg(wells=("well_id", "nunique"), sites=("well_id", "size"), empty_sites=("empty", "sum"))
+            .reset_index()
+        )
+    else:  # an interrupted conversion has no index yet: report what the root and the listing say
+        per_plate = pd.DataFrame(columns=["experiment", "plate", "wells", "sites", "empty_sites"])
     listing = store.find(detail=True)
     shards = {k: v for k, v in listing.items() if k.endswith("/c/0/0/0") and not k.startswith(("index/", "embeddings/"))}
     return InfoReport(

@@ -206,7 +206,7 @@ class SiteArraySpec:
     @property
     def shard_shape(self) -> tuple[int, int, int]:
         """The one outer chunk: the site rounded up to whole inner chunks (Zarr requires divisibility)."""
-        c, y, x = self.chunk_shape
+        _, y, x = self.chunk_shape
         return (self.channels, -(-self.height // y) * y, -(-self.width // x) * x)
 
     @property

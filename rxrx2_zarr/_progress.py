@@ -29,7 +29,7 @@ class Progress:
             return
         self._bar.update(sites)
         now = time.perf_counter()
-        if now - self._last_postfix > 0.5:  # formatting every update would cost more than the bar is worth
+        if self.total_bytes and now - self._last_postfix > 0.5:  # formatting every update would cost more than the bar is worth
             elapsed = max(now - self._start, 1e-9)
             self._bar.set_postfix_str(f"{self.bytes_done / 1e6 / elapsed:.1f} MB/s PNG", refresh=False)
             self._last_postfix = now

@@ -335,20 +335,10 @@ def _blosc_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
 
 def _read_many(io: StoreIO, keys: Sequence[str]) -> dict[str, bytes | None]:
     """Fetch several small objects in one batch (concurrent on object stores); absent ones map to None."""
-    if not keys:
-        return {}
-    paths = [io.path(k) for k in keys]
-    # cat_ranges rather than cat: no glob expansion of the paths, and concurrent requests on async filesystems
-    found = io.fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return")
-    out: dict[str, bytes | None] = {}
-    for key, value in zip(keys, found, strict=True):
-        if isinstance(value, FileNotFoundError):
-            out[key] = None
-        elif isinstance(value, BaseException):
-            raise ChunkReadError(f"{io.url}: cannot read {key}: {value}")
-        else:
-            out[key] = bytes(value)
-    return out
+    try:
+        return io.read_many(keys)
+    except OSError as exc:
+        raise ChunkReadError(f"{io.url}: cannot read {list(keys)[:3]}...: {exc}") from None
 
 
 def _json(data: bytes | None, where: str) -> Any:

@@ -6,8 +6,8 @@ from an untrusted store (the index's ``path`` column) can never address anything
 Object stores: every write is one whole object (a site's shard is one PUT), so concurrent writers never
 read-modify-write a shared object, and a reader sees a site's old object or its new one, never a mix. The
 filesystem comes from :func:`._fs.resolve` without a listings cache: other processes (cluster workers, a second
-converter) write the same store, and s3fs consults its cache even to read a whole object (it asks for the size
-first), so a listing made before a worker wrote a key would make that key look absent.
+converter) write the same store, and a listing made before a worker wrote a key would make that key look absent
+(to s3fs even when reading it).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ class StoreIO:
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         self.fs, self.root = _fs.resolve(self.url, self.storage_options)
         self.local = _fs.is_local(self.fs)
-        self._whole = _fs.whole_read_options(self.fs)
 
     @property
     def portable_url(self) -> str:
@@ -65,7 +64,7 @@ class StoreIO:
     # --- reads ----------------------------------------------------------------------------------------------------
 
     def read(self, key: str) -> bytes:
-        return bytes(self.fs.cat_file(self.path(key), **self._whole))
+        return bytes(self.fs.cat_file(self.path(key)))
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         return bytes(self.fs.cat_file(self.path(key), start=start, end=end))
@@ -105,7 +104,7 @@ class StoreIO:
             return out
         # cat_ranges, not cat: no glob expansion of the paths; concurrent requests on async filesystems
         found = self.fs.cat_ranges(
-            paths, [None] * len(paths), [None] * len(paths), on_error="return", **self._whole
+            paths, [None] * len(paths), [None] * len(paths), on_error="return"
         )
         result: dict[str, bytes | None] = {}
         for key, value in zip(wanted, found, strict=True):
@@ -175,10 +174,10 @@ class StoreIO:
         """Create ``key`` only if absent; return False if it already exists.
 
         Atomic locally (``O_EXCL``) and on ``memory://``. On object stores the PUT is conditional
-        (``If-None-Match: *`` through fsspec's ``mode="create"``): atomic on AWS S3 and the S3-compatible stores
-        that honour the header (MinIO, Cloudflare R2, moto); filesystems without a native create-if-absent fall
-        back to fsspec's check-then-put. The existence check first is the only guard on a store that silently
-        ignores the header, and saves a failing PUT in the common case.
+        (``If-None-Match: *`` through fsspec's ``mode="create"``): atomic on AWS S3 (and moto, and any
+        S3-compatible store that implements the header); filesystems without a native create-if-absent fall back
+        to fsspec's check-then-put. The existence check first is the only guard on a store that silently ignores
+        the header, and saves a failing PUT in the common case.
         """
         path = self.path(key)
         if self.local:

@@ -138,7 +138,8 @@ def convert(src: str, dst: str, profile: str, inner_chunks: str, pixel_size: flo
             break_lock: bool, workers: int, processes: bool, scheduler: str | None, storage_option: Sequence[str],
             src_storage_option: Sequence[str], dst_storage_option: Sequence[str], quiet: bool) -> None:
     """Convert the RxRx2 tree SRC into the Zarr store DST (paths or fsspec URLs)."""
-    from ._convert import ConvertOptions, convert as run
+    from ._convert import ConvertOptions
+    from ._convert import convert as run
 
     common = parse_storage_options(storage_option)
     plate_numbers = _csv(plates)
@@ -168,14 +169,19 @@ def convert(src: str, dst: str, profile: str, inner_chunks: str, pixel_size: flo
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --sample draw.")
 @click.option("--workers", default=2, show_default=True, help="Threads decoding in parallel.")
 @storage_option_flags
+@click.option("--src-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for SRC only.")
+@click.option("--dst-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for DST only.")
 @click.option("--quiet", is_flag=True)
-def verify(src: str, dst: str, sample: int | None, seed: int, workers: int, storage_option: Sequence[str], quiet: bool) -> None:
+def verify(src: str, dst: str, sample: int | None, seed: int, workers: int, storage_option: Sequence[str],
+           src_storage_option: Sequence[str], dst_storage_option: Sequence[str], quiet: bool) -> None:
     """Check DST against SRC: every pixel, checksums, NGFF metadata, index and embeddings."""
     from ._verify import verify as run
 
-    options = parse_storage_options(storage_option)
-    report = _run(lambda: run(src, dst, sample=sample, seed=seed, workers=workers, storage_options=options,
-                              progress=not quiet))
+    common = parse_storage_options(storage_option)
+    src_options = _merge(common, parse_storage_options(src_storage_option))
+    dst_options = _merge(common, parse_storage_options(dst_storage_option))
+    report = _run(lambda: run(src, dst, sample=sample, seed=seed, workers=workers, storage_options=dst_options,
+                              src_storage_options=src_options, progress=not quiet))
     click.echo(report.summary())
     if not report.ok:
         sys.exit(1)

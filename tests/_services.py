@@ -145,6 +145,7 @@ class MotoS3:
         self.workdir = workdir
         self.port = 0
         self.proc: Process | None = None
+        self._client: Any = None
 
     @property
     def endpoint(self) -> str:
@@ -189,10 +190,13 @@ class MotoS3:
             self.proc.stop()
 
     def client(self) -> Any:
-        import boto3
+        """A boto3 client of this server (made once: creating one costs ~0.1 s of CPU, too much to poll with)."""
+        if self._client is None:
+            import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET,
-                            region_name="us-east-1")
+            self._client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=KEY,
+                                        aws_secret_access_key=SECRET, region_name="us-east-1")
+        return self._client
 
     def create_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)

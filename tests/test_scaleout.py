@@ -228,6 +228,25 @@ def test_storage_never_answers_from_a_stale_listing(s3: MotoS3) -> None:
     assert not store.is_empty_or_missing()
 
 
+def test_a_whole_object_read_is_one_request(s3: MotoS3) -> None:
+    """Reading a PNG or a document is one GET, not a HEAD (for its size) then a GET: on a bucket the converter's
+    and the verifier's reads are latency-bound, so a second round trip per object doubles their time."""
+    assert s3.proc is not None
+    bucket = _bucket(s3, "requests")
+    s3.client().put_object(Bucket=bucket, Key="store/doc.json", Body=b"{}")
+    store = StoreIO(f"s3://{bucket}/store", s3.storage_options)
+    assert store.read("doc.json") == b"{}"
+    assert store.read_many(["doc.json"]) == {"doc.json": b"{}"}
+    path = f"/{bucket}/store/doc.json"
+
+    def requests() -> list[str] | None:
+        lines = [line for line in s3.proc.output().splitlines() if f" {path} " in line]
+        return lines if sum('"GET ' in line for line in lines) >= 2 else None
+
+    lines = wait_until(requests, 30, "the server's request log")
+    assert not [line for line in lines if '"HEAD ' in line], lines
+
+
 def test_exclusive_create_is_decided_by_the_object_store(s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> None:
     """The lock's create-if-absent is a conditional PUT (If-None-Match: *): even when the existence check is
     fooled (two converters checking at the same instant), the store itself refuses the second create."""
@@ -319,9 +338,9 @@ def test_cluster_survives_a_killed_worker(s3: MotoS3, big_tree: Path, tmp_path: 
             return bool(client.processing([address]).get(address))
 
         try:
-            done_at_kill = wait_until(sites_written, 240, "three sites written", watch=[run])
+            done_at_kill = wait_until(sites_written, 240, "three sites written", interval=0.2, watch=[run])
             with cluster.client() as client:
-                wait_until(lambda: victim_busy(client), 60, "tasks on worker w0", watch=[run])
+                wait_until(lambda: victim_busy(client), 60, "tasks on worker w0", interval=0.2, watch=[run])
             cluster.workers[0].kill()
             assert run.wait(300) == 0, run.output() + cluster.logs()
         finally:
