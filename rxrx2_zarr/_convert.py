@@ -40,7 +40,9 @@ from ._layout import (
     DEFAULT_INNER_CHUNKS,
     DEFAULT_PROFILE,
     EMBEDDINGS_ARRAY,
+    INDEX_COLUMNS,
     INDEX_GROUP,
+    INDEX_STRING_COLUMNS,
     LAYOUT_VERSION,
     PROFILES,
     RootAttributes,
@@ -560,7 +562,7 @@ def _finalize(
     index = zarr.open_group(zstore, path=INDEX_GROUP, mode="r+")
     n = len(sites)
     chunks = (max(n, 1),)
-    for column in ("site_id", "well_id", "cell_type", "experiment", "well", "treatment", "path"):
+    for column in INDEX_STRING_COLUMNS:
         array = index.create_array(column, shape=(n,), chunks=chunks, dtype=str, overwrite=True)
         if n:
             array[:] = np.asarray(sites[column].astype(str).to_numpy(), dtype=object)
@@ -577,7 +579,7 @@ def _finalize(
     index.attrs.update(
         {
             "rxrx2": {
-                "columns": ["site_id", "well_id", "cell_type", "experiment", "plate", "well", "site", "treatment", "treatment_conc", "path", "checksum"],
+                "columns": list(INDEX_COLUMNS),
                 "order": ["experiment", "plate", "row", "column", "site"],
                 "checksum": "crc32c of the C-order uint8 (6, H, W) pixels; 0 when the store has no pixels",
             }

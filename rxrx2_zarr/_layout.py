@@ -24,11 +24,13 @@ from typing import Any
 
 from ._channels import CHANNEL_SPECS
 from ._paths import CHANNELS, GRID_COLUMNS, GRID_ROWS, SiteKey, WellAddress
+from ._schema import METADATA_COLUMNS, STRING_COLUMNS
 
 __all__ = [
     "DEFAULT_INNER_CHUNKS",
     "DEFAULT_PROFILE",
     "INDEX_COLUMNS",
+    "INDEX_STRING_COLUMNS",
     "LAYOUT_VERSION",
     "NGFF_VERSION",
     "PROFILES",
@@ -47,19 +49,9 @@ SHARD_KEY = "c/0/0/0"
 INDEX_GROUP = "index"
 EMBEDDINGS_ARRAY = "embeddings"
 #: The index arrays: the nine metadata columns, then where each site's image lives and its pixel checksum.
-INDEX_COLUMNS: tuple[str, ...] = (
-    "site_id",
-    "well_id",
-    "cell_type",
-    "experiment",
-    "plate",
-    "well",
-    "site",
-    "treatment",
-    "treatment_conc",
-    "path",
-    "checksum",
-)
+INDEX_COLUMNS: tuple[str, ...] = (*METADATA_COLUMNS, "path", "checksum")
+#: The index arrays stored as UTF-8 strings (the rest are numbers).
+INDEX_STRING_COLUMNS: tuple[str, ...] = (*STRING_COLUMNS, "path")
 #: Checksum of a site's pixels: CRC32C (Castagnoli) of the C-order uint8 (6, H, W) bytes, as an unsigned int.
 CHECKSUM_ALGORITHM = "crc32c"
 DEFAULT_INNER_CHUNKS = (256, 256)

@@ -44,6 +44,7 @@ from ._layout import (
     EMBEDDINGS_ARRAY,
     INDEX_COLUMNS,
     INDEX_GROUP,
+    INDEX_STRING_COLUMNS,
     LAYOUT_VERSION,
     SHARD_KEY,
     SiteArraySpec,
@@ -62,7 +63,7 @@ __all__ = ["Dataset", "open"]
 Pixels = npt.NDArray[np.uint8]
 Region = tuple[int, int, int, int]
 
-_STRING_COLUMNS = ("site_id", "well_id", "cell_type", "experiment", "well", "treatment", "path")
+_STRING_COLUMNS = INDEX_STRING_COLUMNS
 _INT_COLUMNS = ("plate", "site")
 _FLOAT_COLUMNS = ("treatment_conc",)
 _NUMERIC_COLUMNS = (*_INT_COLUMNS, *_FLOAT_COLUMNS)

@@ -66,6 +66,21 @@ def find_source_file(root: str, names: Sequence[str], storage_options: Mapping[s
     raise SourceError(f"{root}: no {' or '.join(names)} found")
 
 
+def _read_source(
+    url: str, names: Sequence[str], storage_options: Mapping[str, Any] | None, what: str
+) -> tuple[str, bytes]:
+    """The bytes of a CSV named by ``url``, or of the first of ``names`` in ``url`` if it is a directory."""
+    fs, path = _fs.resolve(url, storage_options)
+    if fs.isdir(path):
+        url = find_source_file(url, names, storage_options)
+        fs, path = _fs.resolve(url, storage_options)
+    try:
+        with fs.open(path, "rb") as handle:
+            return url, bytes(handle.read())
+    except FileNotFoundError:
+        raise SourceError(f"{url}: {what} file not found") from None
+
+
 def _line(index: int) -> int:
     """CSV line number of the data row at position ``index`` (line 1 is the header)."""
     return index + 2
@@ -90,15 +105,7 @@ def load_metadata(url: str, storage_options: Mapping[str, Any] | None = None) ->
 
     ``url`` may name the CSV itself or a dataset root holding ``metadata.csv`` (or ``rxrx2-metadata.csv``).
     """
-    fs, path = _fs.resolve(url, storage_options)
-    if fs.isdir(path):
-        url = find_source_file(url, METADATA_NAMES, storage_options)
-        fs, path = _fs.resolve(url, storage_options)
-    try:
-        with fs.open(path, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        raise SourceError(f"{url}: metadata file not found") from None
+    url, raw = _read_source(url, METADATA_NAMES, storage_options, "metadata")
     try:
         frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -228,15 +235,7 @@ def load_embeddings(url: str, storage_options: Mapping[str, Any] | None = None) 
 
     Every row must have exactly K + 1 fields, all features numeric and finite, every site_id present once.
     """
-    fs, path = _fs.resolve(url, storage_options)
-    if fs.isdir(path):
-        url = find_source_file(url, EMBEDDINGS_NAMES, storage_options)
-        fs, path = _fs.resolve(url, storage_options)
-    try:
-        with fs.open(path, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        raise SourceError(f"{url}: embeddings file not found") from None
+    url, raw = _read_source(url, EMBEDDINGS_NAMES, storage_options, "embeddings")
     lines = raw.splitlines()
     if not lines:
         raise MetadataError(f"{url}: empty file (expected a header 'site_id,feature_0,...')")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import StoreFormatError
-from ._layout import EMBEDDINGS_ARRAY, INDEX_GROUP, SiteArraySpec
+from ._layout import EMBEDDINGS_ARRAY, INDEX_COLUMNS, INDEX_GROUP, INDEX_STRING_COLUMNS, SiteArraySpec
 from ._plan import ConversionPlan, make_plan
 from ._progress import Progress
 from ._storage import StoreIO
@@ -75,11 +75,11 @@ def _read_index(store: StoreIO) -> pd.DataFrame:
 
     group = zarr.open_group(store.zarr_store(), path=INDEX_GROUP, mode="r")
     columns = {}
-    for name in ("site_id", "well_id", "cell_type", "experiment", "plate", "well", "site", "treatment", "treatment_conc", "path", "checksum"):
+    for name in INDEX_COLUMNS:
         array = group[name]
         columns[name] = np.asarray(array[...])  # type: ignore[index]
     frame = pd.DataFrame(columns)
-    for name in ("site_id", "well_id", "cell_type", "experiment", "well", "treatment", "path"):
+    for name in INDEX_STRING_COLUMNS:
         frame[name] = frame[name].astype(str)
     return frame
 
