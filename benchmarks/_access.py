@@ -43,31 +43,14 @@ def png_channel(reader: PngSiteReader, site_id: str, channel: int) -> Pixels:
 
 
 class StoreSiteReader:
-    """Reads sites of an rxrx2-zarr store with one thread per call.
-
-    Uses the reader's per-site path with ``parallel=False`` (``Dataset._store.reader``); if a later version of
-    the reader no longer has it, falls back to the public ``Dataset.read`` and says so in :attr:`path`.
-    """
+    """Reads sites of an rxrx2-zarr store with one thread per call (``Dataset.read(..., parallel=False)``)."""
 
     def __init__(self, url: str) -> None:
         self.dataset = open_store(url)
-        store = getattr(self.dataset, "_store", None)
-        self._reader = getattr(store, "reader", None)
-        self._ref = getattr(store, "ref", None)
-        self._positions = {site_id: k for k, site_id in enumerate(self.dataset.site_ids)}
-        self.path = (
-            "one thread (reader.read(parallel=False))"
-            if self._reader and self._ref
-            else "public Dataset.read (library read pool)"
-        )
+        self.path = "one thread (Dataset.read(parallel=False))"
 
     def read(self, site_id: str, channels: list[int] | None, region: Region | None) -> Pixels:
-        if self._reader is not None and self._ref is not None:
-            ref = self._ref(self._positions[site_id])
-            zero_based = None if channels is None else [c - 1 for c in channels]
-            pixels: Pixels = self._reader.read(ref, zero_based, region, parallel=False)
-            return pixels
-        block: Pixels = self.dataset.read([site_id], channels=channels, region=region)[0]
+        block: Pixels = self.dataset.read([site_id], channels=channels, region=region, parallel=False)[0]
         return block
 
     def site(self, site_id: str) -> Pixels:

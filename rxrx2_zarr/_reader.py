@@ -944,21 +944,25 @@ class Dataset:
             )
         return (y0, y1, x0, x1)
 
-    def site(self, site_id: str) -> Pixels:
-        """One site's (6, H, W) uint8 pixels."""
+    def site(self, site_id: str, *, parallel: bool = True) -> Pixels:
+        """One site's (6, H, W) uint8 pixels. ``parallel=False`` decodes in the calling thread only (for fair
+        one-thread comparisons, or inside a caller's own worker pool)."""
         (position,) = self._positions_of([site_id])
-        return self._store.reader.read(self._store.ref(int(position)), parallel=True)
+        return self._store.reader.read(self._store.ref(int(position)), parallel=parallel)
 
     def read(
         self,
         sites: str | Sequence[str],
         channels: Iterable[int] | None = None,
         region: Sequence[int] | None = None,
+        *,
+        parallel: bool = True,
     ) -> Pixels:
         """Pixels of ``sites`` (site_ids) as (n, c, h, w) uint8: ``channels`` are numbers 1..6 (default all, in
         that order), ``region`` is ``(y0, y1, x0, x1)`` in pixels, half-open (default the whole site).
 
-        Sites are read in parallel; a crop reads only the inner chunks it intersects.
+        Sites are read in parallel (``parallel=False``: one after the other in the calling thread); a crop reads
+        only the inner chunks it intersects.
         """
         ids = [sites] if isinstance(sites, str) else list(sites)
         chans = self._check_channels(channels)
@@ -968,7 +972,10 @@ class Dataset:
         y0, y1, x0, x1 = box if box is not None else (0, spec.height, 0, spec.width)
         out = np.empty((len(ids), len(chans) if chans is not None else spec.channels, y1 - y0, x1 - x0), dtype=np.uint8)
         reader, store = self._store.reader, self._store
-        if len(ids) == 1:
+        if not parallel:
+            for k, p in enumerate(positions):
+                reader.read(store.ref(int(p)), chans, box, out[k], parallel=False)
+        elif len(ids) == 1:
             reader.read(store.ref(int(positions[0])), chans, box, out[0], parallel=True)
         elif ids:
             futures = [_pool().submit(reader.read, store.ref(int(p)), chans, box, out[k]) for k, p in enumerate(positions)]

@@ -230,6 +230,10 @@ def test_read_channels_region(ds: Dataset, source_tree: Path, channels: list[int
     chans = [c - 1 for c in (channels or range(1, 7))]
     expected = np.stack([png_pixels(source_tree, s)[chans, y0:y1, x0:x1] for s in ids])
     np.testing.assert_array_equal(got, expected)
+    # the one-thread path (no read pool) returns the same pixels
+    np.testing.assert_array_equal(ds.read(ids, channels=channels, region=region, parallel=False), expected)
+    if channels is None and region is None:
+        np.testing.assert_array_equal(ds.site(ids[0], parallel=False), expected[0])
 
 
 @pytest.mark.parametrize(
