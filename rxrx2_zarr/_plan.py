@@ -310,7 +310,7 @@ def _embeddings(
     if name is None:
         warnings.append(f"no {' or '.join(EMBEDDINGS_NAMES)}: the store has no embeddings")
         return None, (), len(selected)
-    table = load_embeddings(src.url.rstrip("/") + "/" + name, src.storage_options)
+    table = load_embeddings(src.url.rstrip("/") + "/" + name, src.storage_options, name=name)
     aligned = align_embeddings(table, list(selected["site_id"]), list(metadata["site_id"]))
     if aligned.unknown:
         message = f"{name}: {len(aligned.unknown)} site_id(s) not in the metadata, e.g. {list(aligned.unknown[:MAX_LISTED])}"

@@ -230,12 +230,15 @@ class Embeddings:
         return len(self.feature_names)
 
 
-def load_embeddings(url: str, storage_options: Mapping[str, Any] | None = None) -> Embeddings:
+def load_embeddings(
+    url: str, storage_options: Mapping[str, Any] | None = None, *, name: str | None = None
+) -> Embeddings:
     """Load ``embeddings.csv``: a ``site_id`` column then K feature columns (K inferred from the header).
 
-    Every row must have exactly K + 1 fields, all features numeric and finite, every site_id present once.
+    ``name``, if given, is how errors name the file (default: the URL). Every row must have exactly K + 1 fields, all features numeric and finite, every site_id present once.
     """
     url, raw = _read_source(url, EMBEDDINGS_NAMES, storage_options, "embeddings")
+    url = name or url  # errors name the file as the caller knows it (the converter: relative to SRC)
     lines = raw.splitlines()
     if not lines:
         raise MetadataError(f"{url}: empty file (expected a header 'site_id,feature_0,...')")
