@@ -27,24 +27,31 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import crc32c
 import numpy as np
+import numpy.typing as npt
 
 from . import _fs, _lock
 from ._errors import ImageError, StoreExistsError, StoreFormatError
 from ._execute import ExecutionConfig, run_tasks
-from ._hierarchy import dump, site_document, static_documents
+from ._hierarchy import SiteChecksums, dump, site_document, static_documents
 from ._layout import (
-    DEFAULT_INNER_CHUNKS,
     DEFAULT_PROFILE,
     EMBEDDINGS_ARRAY,
+    INDEX_CHECKSUM_COLUMNS,
     INDEX_COLUMNS,
     INDEX_GROUP,
+    INDEX_PARQUET,
     INDEX_STRING_COLUMNS,
     LAYOUT_VERSION,
+    LEVEL,
     PROFILES,
+    SHARD_KEY,
+    THUMBNAIL_FACTOR,
+    THUMBNAIL_LEVEL,
+    THUMBNAIL_ZSTD_LEVEL,
     RootAttributes,
     SiteArraySpec,
     group_document,
@@ -52,12 +59,13 @@ from ._layout import (
 from ._plan import ConversionPlan, SiteItem, Skip, make_plan
 from ._png import decode_png
 from ._progress import Progress
-from ._shard import ShardCodec
+from ._shard import ShardCodec, encode_thumbnail, thumbnail
 from ._storage import StoreIO
 
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
 
 OnError = Literal["fail", "skip"]
+Pixels = npt.NDArray[np.uint8]
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,10 @@ class ConvertOptions:
     """Options of a conversion. The first group decides the output (and must match on ``resume``)."""
 
     profile: str = DEFAULT_PROFILE
-    inner_chunks: tuple[int, int] = DEFAULT_INNER_CHUNKS
+    inner_chunks: tuple[int, int] | None = None
+    """Inner chunk shape (Y, X); None: the profile's own."""
+    level: int | None = None
+    """Compression level; None: the profile's own."""
     pixel_size: float | None = None
     experiments: tuple[str, ...] | None = None
     plates: tuple[int, ...] | None = None
@@ -86,6 +97,7 @@ class ConvertOptions:
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; choose one of {sorted(PROFILES)}")
+        PROFILES[self.profile].with_level(self.level)  # validates the level
         if self.on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
         if self.overwrite and self.resume:
@@ -108,11 +120,21 @@ class ConvertOptions:
 
 
 @dataclass(frozen=True)
+class PngSource:
+    """Where a site's pixels come from when converting: its six PNG files in the source tree."""
+
+    url: str
+    options: Mapping[str, Any]
+
+    def read(self, item: SiteItem, size: tuple[int, int]) -> tuple[Pixels, int]:
+        return read_site_pixels(_store_for(self.url, self.options), item, size)
+
+
+@dataclass(frozen=True)
 class SiteJob:
     """The per-run context of every site task (small and picklable: shipped once per task to workers)."""
 
-    src_url: str
-    src_options: Mapping[str, Any]
+    source: PixelSource
     dst_url: str
     dst_options: Mapping[str, Any]
     spec: SiteArraySpec
@@ -122,11 +144,18 @@ class SiteJob:
         return convert_site(self, item)
 
 
+class PixelSource(Protocol):
+    """What a site task reads pixels from: the PNG tree (``convert``) or another store (``transcode``)."""
+
+    def read(self, item: SiteItem, size: tuple[int, int]) -> tuple[Pixels, int]:
+        """The site's (6, H, W) pixels and the number of source bytes read; ImageError names a bad site."""
+
+
 @dataclass(frozen=True)
 class SiteResult:
     position: int
     site_id: str
-    checksum: int | None
+    checksums: SiteChecksums | None
     png_bytes: int
     stored_bytes: int
     skip: Skip | None = None
@@ -141,7 +170,7 @@ def _store_for(url: str, options: Mapping[str, Any]) -> StoreIO:
     return _store(url, json.dumps(dict(options), sort_keys=True, default=str))
 
 
-def read_site_pixels(src: StoreIO, item: SiteItem, size: tuple[int, int]) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], int]:
+def read_site_pixels(src: StoreIO, item: SiteItem, size: tuple[int, int]) -> tuple[Pixels, int]:
     """Read and decode a site's six PNGs into (6, H, W); returns the pixels and the PNG bytes read."""
     pixels = np.empty((len(item.sources), *size), dtype=np.uint8)
     total = 0
@@ -158,21 +187,36 @@ def read_site_pixels(src: StoreIO, item: SiteItem, size: tuple[int, int]) -> tup
     return pixels, total
 
 
+def thumbnail_key(item: SiteItem) -> str:
+    """The key of a site's thumbnail chunk (the one chunk of its level-1 array)."""
+    return f"{item.group}/{THUMBNAIL_LEVEL}/{SHARD_KEY}"
+
+
+def write_site(dst: StoreIO, spec: SiteArraySpec, item: SiteItem, pixels: Pixels) -> tuple[SiteChecksums, int]:
+    """Write a site's shard and thumbnail, then its site document (the completion marker, written last).
+    Returns its checksums and the bytes written."""
+    shard = _codec(spec).encode(pixels)
+    thumb = encode_thumbnail(thumbnail(pixels, THUMBNAIL_FACTOR), THUMBNAIL_ZSTD_LEVEL)
+    sums = SiteChecksums(
+        crc32c.crc32c(pixels.data), int.from_bytes(shard[-4:], "little"), int.from_bytes(thumb[-4:], "little")
+    )
+    dst.write(item.shard, shard)
+    dst.write(thumbnail_key(item), thumb)
+    dst.write(f"{item.group}/zarr.json", site_document(spec, item.site_id, item.site, sums))
+    return sums, len(shard) + len(thumb)
+
+
 def convert_site(job: SiteJob, item: SiteItem) -> SiteResult:
-    """Convert one site: decode its PNGs, write its shard, then its site document (the completion marker)."""
-    src = _store_for(job.src_url, job.src_options)
+    """Convert one site: read its pixels from the source, write it (:func:`write_site`)."""
     dst = _store_for(job.dst_url, job.dst_options)
     try:
-        pixels, png_bytes = read_site_pixels(src, item, (job.spec.height, job.spec.width))
+        pixels, source_bytes = job.source.read(item, (job.spec.height, job.spec.width))
     except ImageError as exc:
         if job.on_error == "skip":
             return SiteResult(item.position, item.site_id, None, 0, 0, Skip(item.site_id, str(exc)))
         raise
-    checksum = crc32c.crc32c(pixels.data)
-    shard = _codec(job.spec).encode(pixels)
-    dst.write(item.shard, shard)
-    dst.write(f"{item.group}/zarr.json", site_document(job.spec, item.site_id, item.site, checksum))
-    return SiteResult(item.position, item.site_id, checksum, png_bytes, len(shard))
+    sums, stored = write_site(dst, job.spec, item, pixels)
+    return SiteResult(item.position, item.site_id, sums, source_bytes, stored)
 
 
 @functools.lru_cache(maxsize=4)
@@ -349,28 +393,32 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _completed_sites(dst: StoreIO, plan: ConversionPlan, listing: Mapping[str, int]) -> dict[int, int]:
+def _completed_sites(dst: StoreIO, plan: ConversionPlan, listing: Mapping[str, int]) -> dict[int, SiteChecksums]:
     """Positions (and checksums) of the sites whose completion marker is present and intact.
 
     ``listing`` is the store's one listing: a marker counts only if its shard is listed too, so this costs the
     listing plus one read per marker (concurrent on object stores), nothing per site beyond that.
     """
-    candidates = [item for item in plan.items if f"{item.group}/zarr.json" in listing and item.shard in listing]
+    candidates = [
+        item
+        for item in plan.items
+        if f"{item.group}/zarr.json" in listing and item.shard in listing and thumbnail_key(item) in listing
+    ]
     if not candidates:
         return {}
     keys = [f"{item.group}/zarr.json" for item in candidates]
     documents = dst.read_many(keys)
-    done: dict[int, int] = {}
+    done: dict[int, SiteChecksums] = {}
     for item, document in zip(candidates, (documents[k] for k in keys), strict=True):
         if document is None:
             continue
         try:
             attrs = json.loads(document)["attributes"]["rxrx2"]
-            checksum = attrs["checksum"]
         except (ValueError, KeyError, TypeError):
             continue  # foreign or damaged document: the site is redone
-        if isinstance(checksum, int) and not isinstance(checksum, bool) and attrs.get("site_id") == item.site_id:
-            done[item.position] = checksum
+        sums = SiteChecksums.from_json(attrs) if isinstance(attrs, dict) else None
+        if sums is not None and attrs.get("site_id") == item.site_id:
+            done[item.position] = sums
     return done
 
 
@@ -387,10 +435,7 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
 
     Keyword arguments are :class:`ConvertOptions` fields (``profile=``, ``workers=``, ``resume=``...).
     """
-    if options is None:
-        options = ConvertOptions(**kwargs)
-    elif kwargs:
-        raise TypeError("pass either options or keyword arguments, not both")
+    options = _options(options, kwargs)
     started = time.perf_counter()
     plan = make_plan(
         src,
@@ -401,10 +446,34 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
         on_error=options.on_error,
         need_pixels=not options.no_pixels,
     )
-    spec = SiteArraySpec(plan.size[0], plan.size[1], options.inner_chunks, options.profile, options.pixel_size)
+    _check_separate(src, options.src_storage_options, StoreIO(dst, options.dst_storage_options))
+    source = PngSource(_fs.portable_url(src), dict(options.src_storage_options))
+    return run_conversion(plan, source, src, dst, options, started)
+
+
+def _options(options: ConvertOptions | None, kwargs: Mapping[str, Any]) -> ConvertOptions:
+    if options is None:
+        return ConvertOptions(**kwargs)
+    if kwargs:
+        raise TypeError("pass either options or keyword arguments, not both")
+    return options
+
+
+def site_spec(plan: ConversionPlan, options: ConvertOptions) -> SiteArraySpec:
+    """The site array specification of a conversion: the plan's image size with the options' codec choices."""
+    return SiteArraySpec(
+        plan.size[0], plan.size[1], options.inner_chunks, options.profile, options.pixel_size, level=options.level
+    )
+
+
+def run_conversion(
+    plan: ConversionPlan, source: PixelSource, src: str, dst: str, options: ConvertOptions, started: float
+) -> ConvertReport:
+    """Write the store ``dst`` for ``plan``, reading each site's pixels from ``source`` (shared by ``convert`` and
+    ``transcode``): destination checks, lock, documents, one task per site, finalize."""
+    spec = site_spec(plan, options)
     fingerprint = _fingerprint(plan, spec, options)
     store = StoreIO(dst, options.dst_storage_options)
-    _check_separate(src, options.src_storage_options, store)
     if store.fs.isfile(store.root):
         raise StoreExistsError(f"{store.url}: exists and is a file, not a directory; refusing to touch it")
     if options.execution.distributed and not options.no_pixels:
@@ -421,7 +490,7 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
     lock = _lock.acquire(store, take_over_dead=take_over, break_lock=options.break_lock)
     try:
         listing: dict[str, int] = {}
-        done: dict[int, int] = {}
+        done: dict[int, SiteChecksums] = {}
         if options.overwrite and not resuming:
             _clear_for_overwrite(store)
         elif resuming:
@@ -433,23 +502,20 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
             source=_source_attrs(plan, options),
             pixels=not options.no_pixels,
             versions=library_versions(),
+            readers=spec.codec_profile.readers,
         )
         _write_root(store, root, fingerprint)
         docs = static_documents(plan.sites, spec, include_sites=options.no_pixels)
         if resuming:
             # Array documents depend only on the fingerprint, which matched, and every write is whole-object, so a
             # listed one is already right; group documents are rewritten (a previous run may have dropped sites).
-            array_docs = {f"{item.array}/zarr.json" for item in plan.items}
-            docs = {k: v for k, v in docs.items() if k not in array_docs or k not in listing}
+            docs = {k: v for k, v in docs.items() if k not in listing or not _is_array_document(k)}
         store.write_many(docs)
 
         results: dict[int, SiteResult] = {}
         todo = [item for item in plan.items if item.position not in done]
         # workers resolve the URLs again, maybe elsewhere (``dask worker`` started in another directory)
-        job = SiteJob(
-            _fs.portable_url(src), dict(options.src_storage_options), _fs.portable_url(dst),
-            dict(options.dst_storage_options), spec, options.on_error,
-        )
+        job = SiteJob(source, _fs.portable_url(dst), dict(options.dst_storage_options), spec, options.on_error)
         png_total = sum(plan.png_bytes.get(p, 0) for item in todo for p in item.sources)
         with Progress(len(plan.items), png_total, enabled=options.progress, initial=len(done)) as bar:
 
@@ -467,7 +533,7 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
                     ) from None
 
         skipped = list(plan.skipped) + [r.skip for r in results.values() if r.skip is not None]
-        checksums = {pos: r.checksum for pos, r in results.items() if r.skip is None}
+        checksums = {pos: r.checksums for pos, r in results.items() if r.checksums is not None}
         checksums.update(done)
         report_skips = tuple(skipped)
         # Only the lock's holder may mark the store complete: stop if someone broke our lock meanwhile.
@@ -492,6 +558,12 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
         pixels=not options.no_pixels,
         execution=options.execution.describe(),
     )
+
+
+def _is_array_document(key: str) -> bool:
+    """A site's level array documents (``.../<site>/0/zarr.json``, ``.../<site>/1/zarr.json``)."""
+    parts = key.split("/")
+    return len(parts) == 7 and parts[-2] in (LEVEL, THUMBNAIL_LEVEL) and parts[-1] == "zarr.json"
 
 
 def _clear_for_overwrite(store: StoreIO) -> None:
@@ -529,7 +601,7 @@ def _finalize(
     spec: SiteArraySpec,
     root: RootAttributes,
     fingerprint: Mapping[str, Any],
-    checksums: Mapping[int, int | None],
+    checksums: Mapping[int, SiteChecksums],
     skipped: Sequence[Skip],
     no_pixels: bool,
 ) -> dict[str, Any]:
@@ -545,8 +617,8 @@ def _finalize(
         # remove, when they lost every site) the well, row, plate and experiment groups above them. Skips are rare,
         # so this is a handful of writes, not one per site.
         for item in failed:
-            store.delete(f"{item.array}/zarr.json")
-            store.delete(item.shard)
+            for key in (f"{item.array}/zarr.json", item.shard, f"{item.group}/{THUMBNAIL_LEVEL}/zarr.json", thumbnail_key(item)):
+                store.delete(key)
         docs = static_documents(sites, spec)
         parents: set[str] = set()
         for item in failed:
@@ -558,33 +630,13 @@ def _finalize(
         store.write_many({k: docs[k] for k in sorted(keys) if k in docs})
         for key in sorted(keys - set(docs)):
             store.delete(key)
-    zstore = store.zarr_store(read_only=False)
-    index = zarr.open_group(zstore, path=INDEX_GROUP, mode="r+")
     n = len(sites)
-    chunks = (max(n, 1),)
-    for column in INDEX_STRING_COLUMNS:
-        array = index.create_array(column, shape=(n,), chunks=chunks, dtype=str, overwrite=True)
-        if n:
-            array[:] = np.asarray(sites[column].astype(str).to_numpy(), dtype=object)
-    for column, dtype in (("plate", "int32"), ("site", "int32")):
-        array = index.create_array(column, shape=(n,), chunks=chunks, dtype=dtype, overwrite=True)
-        if n:
-            array[:] = sites[column].to_numpy(dtype=dtype)
-    conc = index.create_array("treatment_conc", shape=(n,), chunks=chunks, dtype="float64", fill_value=np.nan, overwrite=True)
-    if n:
-        conc[:] = sites["treatment_conc"].to_numpy(dtype="float64")
-    checksum = index.create_array("checksum", shape=(n,), chunks=chunks, dtype="uint32", overwrite=True)
-    if n and not no_pixels:
-        checksum[:] = np.array([checksums[p] for p in keep], dtype=np.uint32)
-    index.attrs.update(
-        {
-            "rxrx2": {
-                "columns": list(INDEX_COLUMNS),
-                "order": ["experiment", "plate", "row", "column", "site"],
-                "checksum": "crc32c of the C-order uint8 (6, H, W) pixels; 0 when the store has no pixels",
-            }
-        }
-    )
+    sums = [checksums.get(p) for p in keep]
+    columns = index_columns(sites, sums)
+    zstore = store.zarr_store(read_only=False)
+    _write_index_arrays(zstore, columns)
+    parquet = index_parquet(columns)
+    store.write(INDEX_PARQUET, parquet)
     embeddings_missing = 0
     if plan.embeddings is not None:
         matrix = plan.embeddings[keep]
@@ -596,6 +648,7 @@ def _finalize(
             chunks=(min(max(n, 1), 8192), max(matrix.shape[1], 1)),
             dtype="float32",
             fill_value=np.nan,
+            compressors=_checked_compressors(),
             dimension_names=("site", "feature"),
             attributes={"rxrx2": {"features": list(plan.embedding_features), "missing_rows": embeddings_missing}},
             overwrite=True,
@@ -623,6 +676,78 @@ def _finalize(
         pixels=root.pixels,
         complete=True,
         skipped=[s.to_json() for s in skipped],
+        index_checksum=crc32c.crc32c(parquet),
+        readers=root.readers,
     )
     _write_root(store, final, fingerprint)
     return counts
+
+
+def _checked_compressors() -> list[Any]:
+    """zstd then crc32c: every chunk of the index and embeddings arrays carries its checksum."""
+    import zarr.codecs
+
+    return [zarr.codecs.ZstdCodec(level=9), zarr.codecs.Crc32cCodec()]
+
+
+def index_columns(sites: Any, sums: Sequence[SiteChecksums | None]) -> dict[str, npt.NDArray[Any]]:
+    """The index as typed column arrays, in store order (checksums 0 where a site has none: ``--no-pixels``)."""
+    columns: dict[str, npt.NDArray[Any]] = {}
+    for column in INDEX_STRING_COLUMNS:
+        columns[column] = np.asarray(sites[column].astype(str).to_numpy(), dtype=object)
+    for column in ("plate", "site"):
+        columns[column] = sites[column].to_numpy(dtype="int32")
+    columns["treatment_conc"] = sites["treatment_conc"].to_numpy(dtype="float64")
+    for column, field_name in zip(INDEX_CHECKSUM_COLUMNS, ("pixels", "shard", "thumbnail"), strict=True):
+        columns[column] = np.array([getattr(s, field_name) if s else 0 for s in sums], dtype=np.uint32)
+    return {c: columns[c] for c in INDEX_COLUMNS}
+
+
+def _write_index_arrays(zstore: Any, columns: Mapping[str, npt.NDArray[Any]]) -> None:
+    """One 1-D array per index column (dimension ``site``), for Zarr and xarray users."""
+    import zarr
+
+    index = zarr.open_group(zstore, path=INDEX_GROUP, mode="r+")
+    n = len(columns["site_id"])
+    for column, values in columns.items():
+        dtype: Any = str if column in INDEX_STRING_COLUMNS else values.dtype
+        fill = np.nan if column == "treatment_conc" else None
+        array = index.create_array(
+            column, shape=(n,), chunks=(max(n, 1),), dtype=dtype, fill_value=fill,
+            compressors=_checked_compressors(), dimension_names=("site",), overwrite=True,
+        )
+        if n:
+            array[:] = values
+    index.attrs.update(
+        {
+            "rxrx2": {
+                "columns": list(INDEX_COLUMNS),
+                "order": ["experiment", "plate", "row", "column", "site"],
+                "parquet": INDEX_PARQUET,
+                "checksum": "crc32c of the C-order uint8 (6, H, W) pixels; 0 when the store has no pixels",
+                "shard_checksum": "the crc32c closing the site's shard index (its last 4 bytes)",
+                "thumbnail_checksum": "the crc32c closing the site's thumbnail chunk (its last 4 bytes)",
+            }
+        }
+    )
+
+
+def index_parquet(columns: Mapping[str, npt.NDArray[Any]]) -> bytes:
+    """The index as one Parquet object (page checksums on): blank concentrations are nulls, as in the CSV."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {}
+    for column, values in columns.items():
+        if column in INDEX_STRING_COLUMNS:
+            arrays[column] = pa.array(values.tolist(), type=pa.string())
+        elif column == "treatment_conc":
+            arrays[column] = pa.array(values, type=pa.float64(), from_pandas=True)  # NaN -> null
+        else:
+            arrays[column] = pa.array(values)
+    table = pa.table(arrays)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", write_page_checksum=True, write_statistics=True)
+    return buffer.getvalue()

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from ._layout import (
     INDEX_GROUP,
+    THUMBNAIL_LEVEL,
     SiteArraySpec,
     group_document,
     image_attributes,
@@ -23,7 +25,7 @@ from ._layout import (
 )
 from ._paths import WellAddress
 
-__all__ = ["dump", "site_document", "static_documents"]
+__all__ = ["SiteChecksums", "dump", "site_document", "static_documents"]
 
 
 def dump(document: Mapping[str, Any]) -> bytes:
@@ -35,20 +37,46 @@ def _conc(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def site_document(spec: SiteArraySpec, site_id: str, site: int, checksum: int | None) -> bytes:
-    """The NGFF image group of one site, with its ``rxrx2`` attributes (checksum: CRC32C of the pixels)."""
+@dataclass(frozen=True)
+class SiteChecksums:
+    """The CRC32Cs of one written site: its pixels, its shard index (the shard's last 4 bytes) and its thumbnail
+    chunk (that chunk's last 4 bytes). Recorded in the site document (the completion marker, so ``--resume``
+    recovers them) and in the root index."""
+
+    pixels: int
+    shard: int
+    thumbnail: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"checksum": self.pixels, "shard_checksum": self.shard, "thumbnail_checksum": self.thumbnail}
+
+    @classmethod
+    def from_json(cls, attrs: Mapping[str, Any]) -> SiteChecksums | None:
+        """The checksums in a site document's ``rxrx2`` attributes, or None if any is missing or not a uint32."""
+        values = [attrs.get(k) for k in ("checksum", "shard_checksum", "thumbnail_checksum")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in values):
+            return None
+        return cls(*values)  # type: ignore[arg-type]
+
+
+def site_document(spec: SiteArraySpec, site_id: str, site: int, checksums: SiteChecksums | None) -> bytes:
+    """The NGFF image group of one site, with its ``rxrx2`` attributes (its checksums, once written)."""
+    sums: dict[str, int | None] = (
+        dict(checksums.to_json()) if checksums else {"checksum": None, "shard_checksum": None, "thumbnail_checksum": None}
+    )
     return dump(
         group_document(
             {
-                "ome": image_attributes(spec, site_id),
-                "rxrx2": {"site_id": site_id, "site": int(site), "checksum": checksum},
+                "ome": image_attributes(spec, f"{site_id}"),
+                "rxrx2": {"site_id": site_id, "site": int(site), **sums},
             }
         )
     )
 
 
 def static_documents(
-    sites: pd.DataFrame, spec: SiteArraySpec, *, include_sites: bool = False, checksums: Sequence[int | None] | None = None
+    sites: pd.DataFrame, spec: SiteArraySpec, *, include_sites: bool = False,
+    checksums: Sequence[SiteChecksums | None] | None = None,
 ) -> dict[str, bytes]:
     """Every group and array document of the tree below the root, except (unless asked) the site groups.
 
@@ -56,6 +84,7 @@ def static_documents(
     """
     docs: dict[str, bytes] = {}
     array_doc = dump(spec.array_metadata())
+    thumbnail_doc = dump(spec.thumbnail_metadata())
     docs[f"{INDEX_GROUP}/zarr.json"] = dump(group_document({"rxrx2": {"description": "one array per metadata column"}}))
     for experiment, exp_rows in sites.groupby("experiment", sort=False):
         docs[f"{experiment}/zarr.json"] = dump(
@@ -114,8 +143,9 @@ def static_documents(
     rows = zip(sites["site_id"].tolist(), sites["site"].tolist(), sites["path"].tolist(), strict=True)
     for position, (site_id, site, path) in enumerate(rows):
         docs[f"{path}/zarr.json"] = array_doc
+        group = path.rsplit("/", 1)[0]
+        docs[f"{group}/{THUMBNAIL_LEVEL}/zarr.json"] = thumbnail_doc
         if include_sites:
-            group = path.rsplit("/", 1)[0]
             checksum = None if checksums is None else checksums[position]
             docs[f"{group}/zarr.json"] = site_document(spec, str(site_id), int(site), checksum)
     return docs

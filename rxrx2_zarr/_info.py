@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from ._layout import LEVEL, SHARD_KEY, THUMBNAIL_LEVEL
 from ._reader import open as open_store
 from ._storage import StoreIO
 from ._verify import _root_attrs
@@ -24,6 +25,7 @@ class InfoReport:
     bytes_on_disk: int
     shard_objects: int
     shard_bytes: int
+    thumbnail_bytes: int
 
     @property
     def source_png_bytes(self) -> int:
@@ -31,7 +33,9 @@ class InfoReport:
 
     @property
     def ratio(self) -> float:
-        return self.shard_bytes / self.source_png_bytes if self.source_png_bytes else float("nan")
+        """Pixel bytes (shards and thumbnails) over the source PNG bytes."""
+        pixels = self.shard_bytes + self.thumbnail_bytes
+        return pixels / self.source_png_bytes if self.source_png_bytes else float("nan")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +49,8 @@ class InfoReport:
             "bytes_on_disk": self.bytes_on_disk,
             "shard_objects": self.shard_objects,
             "shard_bytes": self.shard_bytes,
+            "thumbnail_bytes": self.thumbnail_bytes,
+            "readers": self.attrs.get("readers"),
             "source_png_bytes": self.source_png_bytes,
             "source_png_files": self.attrs.get("source", {}).get("png_files"),
             "ratio_to_png": None if self.ratio != self.ratio else self.ratio,
@@ -60,15 +66,17 @@ class InfoReport:
             f"{'' if self.attrs.get('pixels', True) else ', no pixels'}",
             f"  {counts.get('sites', 0)} sites, {counts.get('wells', 0)} wells, {counts.get('plates', 0)} plates, "
             f"{counts.get('experiments', 0)} experiments; sites {options.get('height')}x{options.get('width')} x 6 channels",
-            f"  profile {options.get('profile')}, inner chunks {options.get('inner_chunks')}, "
+            f"  profile {options.get('profile')} (level {options.get('level')}), inner chunks {options.get('inner_chunks')}, "
             f"embeddings {counts.get('embedding_dim', 0)}-dim ({counts.get('embeddings_missing', 0)} missing)",
             f"  on disk: {self.bytes_on_disk / 1e6:,.1f} MB in {self.objects:,} objects "
-            f"({self.shard_objects:,} site shards, {self.shard_bytes / 1e6:,.1f} MB)",
+            f"({self.shard_objects:,} site shards, {self.shard_bytes / 1e6:,.1f} MB; thumbnails "
+            f"{self.thumbnail_bytes / 1e6:,.2f} MB)",
+            f"  readable by: {self.attrs.get('readers') or 'rxrx2-zarr'}",
         ]
         if self.source_png_bytes:
             files = self.attrs.get("source", {}).get("png_files", 0)
             lines.append(
-                f"  source: {self.source_png_bytes / 1e6:,.1f} MB in {files:,} PNG files; shards are {self.ratio:.3f}x "
+                f"  source: {self.source_png_bytes / 1e6:,.1f} MB in {files:,} PNG files; shards and thumbnails are {self.ratio:.3f}x "
                 f"the PNG bytes, {files / max(self.shard_objects, 1):.1f} PNG files per stored object"
             )
         if self.attrs.get("skipped"):
@@ -95,7 +103,8 @@ def info(url: str, storage_options: Mapping[str, Any] | None = None) -> InfoRepo
     else:  # an interrupted conversion has no index yet: report what the root and the listing say
         per_plate = pd.DataFrame(columns=["experiment", "plate", "wells", "sites", "empty_sites"])
     listing = store.find(detail=True)
-    shards = {k: v for k, v in listing.items() if k.endswith("/c/0/0/0") and not k.startswith(("index/", "embeddings/"))}
+    shards = {k: v for k, v in listing.items() if k.endswith(f"/{LEVEL}/{SHARD_KEY}")}
+    thumbnails = {k: v for k, v in listing.items() if k.endswith(f"/{THUMBNAIL_LEVEL}/{SHARD_KEY}")}
     return InfoReport(
         url=url,
         attrs=attrs,
@@ -104,4 +113,5 @@ def info(url: str, storage_options: Mapping[str, Any] | None = None) -> InfoRepo
         bytes_on_disk=sum(listing.values()),
         shard_objects=len(shards),
         shard_bytes=sum(shards.values()),
+        thumbnail_bytes=sum(thumbnails.values()),
     )

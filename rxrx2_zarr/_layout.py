@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._channels import CHANNEL_SPECS
@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_INNER_CHUNKS",
     "DEFAULT_PROFILE",
     "INDEX_COLUMNS",
+    "INDEX_PARQUET",
     "INDEX_STRING_COLUMNS",
     "LAYOUT_VERSION",
     "NGFF_VERSION",
@@ -40,32 +41,61 @@ __all__ = [
     "site_paths",
 ]
 
-LAYOUT_VERSION = 1
+#: 2: a crc32c codec in every chunk's chain, a thumbnail level per site, the columnar index (``index.parquet``),
+#: per-site shard and thumbnail checksums in the index. Stores of layout 1 are read only by ``transcode``.
+LAYOUT_VERSION = 2
+#: Layouts that ``rxrx2-zarr transcode`` can read (to rewrite them as the current layout).
+TRANSCODABLE_LAYOUTS = frozenset({1, 2})
 NGFF_VERSION = "0.5"
-#: Name of the single resolution level of every site image (NGFF multiscales dataset path).
+#: The resolution levels of every site image (NGFF multiscales dataset paths): full resolution, and a thumbnail
+#: level that viewers (napari-ome-zarr's plate view) load instead of millions of full-resolution pixels per well.
 LEVEL = "0"
-#: Key of the one shard object of a site array, relative to the array (default chunk key encoding, grid (1,1,1)).
+THUMBNAIL_LEVEL = "1"
+#: Edge of the pixel block a thumbnail pixel averages (1/8 scale: 128 x 128 for RxRx2's 1024 x 1024 sites).
+THUMBNAIL_FACTOR = 8
+#: zstd level of the thumbnails (tiny arrays: even a high level costs a few milliseconds per site).
+THUMBNAIL_ZSTD_LEVEL = 19
+#: Key of the one shard object of a site array, relative to the array (default chunk key encoding, grid (1,1,1)),
+#: and of the one chunk of a thumbnail array.
 SHARD_KEY = "c/0/0/0"
 INDEX_GROUP = "index"
+#: The index as one columnar object (Apache Parquet) at the root: what ``open`` reads, and what pandas, polars
+#: and duckdb open directly. The ``index/<column>`` arrays hold the same values for Zarr and xarray users.
+INDEX_PARQUET = "index.parquet"
 EMBEDDINGS_ARRAY = "embeddings"
-#: The index arrays: the nine metadata columns, then where each site's image lives and its pixel checksum.
-INDEX_COLUMNS: tuple[str, ...] = (*METADATA_COLUMNS, "path", "checksum")
+#: The index arrays: the nine metadata columns, where each site's image lives, the CRC32C of its pixels, and the
+#: CRC32C that closes its shard index (the shard's last 4 bytes) and its thumbnail chunk: recorded here, they
+#: bind each object to its site, so a swapped shard or a rewritten shard index is an error, not wrong pixels.
+INDEX_COLUMNS: tuple[str, ...] = (*METADATA_COLUMNS, "path", "checksum", "shard_checksum", "thumbnail_checksum")
 #: The index arrays stored as UTF-8 strings (the rest are numbers).
 INDEX_STRING_COLUMNS: tuple[str, ...] = (*STRING_COLUMNS, "path")
+#: The unsigned 32-bit checksum columns of the index.
+INDEX_CHECKSUM_COLUMNS: tuple[str, ...] = ("checksum", "shard_checksum", "thumbnail_checksum")
 #: Checksum of a site's pixels: CRC32C (Castagnoli) of the C-order uint8 (6, H, W) bytes, as an unsigned int.
 CHECKSUM_ALGORITHM = "crc32c"
-DEFAULT_INNER_CHUNKS = (256, 256)
-DEFAULT_PROFILE = "balanced"
+DEFAULT_PROFILE = "standard"
 # Sanity bound for site sizes (RxRx2: 1024); anything larger is almost certainly a corrupt header.
 MAX_SITE_EDGE = 16384
+#: Inner chunks smaller than this cost more in per-chunk overhead than any crop saves.
+MIN_INNER_EDGE = 16
+#: The codecs of the Zarr v3 core specification: a store made only of these opens in every Zarr v3 reader
+#: (zarr-python alone, tensorstore, zarrita.js, ngff-zarr, napari-ome-zarr).
+CORE_CODECS = frozenset({"bytes", "zstd", "blosc", "crc32c", "gzip", "transpose", "sharding_indexed"})
+#: zstd encoder parameters that python-zstandard accepts (``zstandard.ZstdCompressionParameters``).
+ZSTD_PARAMETERS = frozenset(
+    {"window_log", "chain_log", "hash_log", "search_log", "min_match", "target_length", "strategy"}
+)
 
 
 @dataclass(frozen=True)
 class CodecProfile:
-    """A lossless codec chain for the inner chunks of a site shard, made only of codecs that zarr-python (>= 3.1)
-    with numcodecs decodes: ``blosc`` and ``zstd`` are Zarr v3 core codecs; ``pcodec`` is numcodecs' PCodec
-    (``numcodecs.pcodec``, the ``pcodec`` package) behind ``numcodecs.astype`` to uint16, because pcodec refuses
-    8-bit input by default."""
+    """A lossless codec chain for the inner chunks of a site shard, always closed by a ``crc32c`` codec.
+
+    ``blosc`` and ``zstd`` are Zarr v3 core codecs; ``pcodec`` is numcodecs' PCodec (``numcodecs.pcodec``, the
+    ``pcodec`` package) behind ``numcodecs.astype`` to uint16, because pcodec refuses 8-bit input; ``predictor``
+    puts this package's ``rxrx2.vpredict`` codec first. ``zstd_parameters`` tune zstd's encoder (the frames stay
+    standard zstd frames, which every decoder reads); ``inner_chunks`` is the profile's default inner chunk shape.
+    """
 
     name: str
     description: str
@@ -74,7 +104,8 @@ class CodecProfile:
     cname: str = "zstd"
     shuffle: str = "noshuffle"
     predictor: bool = False
-    """Put this package's ``rxrx2.vpredict`` codec (vertical predictor + zigzag) before the compressor."""
+    inner_chunks: tuple[int, int] = (256, 256)
+    zstd_parameters: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.predictor and self.compressor == "pcodec":
@@ -92,44 +123,84 @@ class CodecProfile:
             raise ValueError(f"profile {self.name}: zstd level must be -7..22, got {self.level}")
         elif self.compressor == "pcodec" and not 0 <= self.level <= 12:
             raise ValueError(f"profile {self.name}: pcodec level must be 0..12, got {self.level}")
+        unknown = [k for k, _ in self.zstd_parameters if k not in ZSTD_PARAMETERS]
+        if unknown or (self.zstd_parameters and self.compressor != "zstd"):
+            raise ValueError(f"profile {self.name}: zstd parameters {unknown or dict(self.zstd_parameters)} not valid here")
+
+    def with_level(self, level: int | None) -> CodecProfile:
+        """The same profile at another compression level (``--level``); custom encoder parameters are dropped,
+        since they were tuned for the profile's own level."""
+        if level is None or level == self.level:
+            return self
+        return replace(self, level=int(level), zstd_parameters=())
 
     def inner_codecs(self) -> list[dict[str, Any]]:
         """The inner-chunk codec chain as Zarr v3 JSON (exactly what zarr-python writes for the same codecs)."""
+        checksum = {"name": "crc32c"}
         if self.compressor == "pcodec":
             return [
                 {"name": "numcodecs.astype", "configuration": {"encode_dtype": "uint16", "decode_dtype": "uint8"}},
                 {"name": "numcodecs.pcodec", "configuration": {"level": self.level}},
+                checksum,
             ]
         prefix: list[dict[str, Any]] = [{"name": "rxrx2.vpredict"}] if self.predictor else []
         if self.compressor == "blosc":
-            return [
-                *prefix,
-                {"name": "bytes"},
-                {
-                    "name": "blosc",
-                    "configuration": {
-                        "typesize": 1,
-                        "cname": self.cname,
-                        "clevel": self.level,
-                        "shuffle": self.shuffle,
-                        "blocksize": 0,
-                    },
+            compressor: dict[str, Any] = {
+                "name": "blosc",
+                "configuration": {
+                    "typesize": 1,
+                    "cname": self.cname,
+                    "clevel": self.level,
+                    "shuffle": self.shuffle,
+                    "blocksize": 0,
                 },
-            ]
-        return [*prefix, {"name": "bytes"}, {"name": "zstd", "configuration": {"level": self.level, "checksum": False}}]
+            }
+        else:
+            compressor = {"name": "zstd", "configuration": {"level": self.level, "checksum": False}}
+        return [*prefix, {"name": "bytes", "configuration": {"endian": "little"}}, compressor, checksum]
+
+    @property
+    def standard(self) -> bool:
+        """True when the chain has only Zarr v3 core codecs (the store opens in every Zarr v3 reader)."""
+        names = {c["name"] for c in self.inner_codecs()}
+        return names <= CORE_CODECS
+
+    @property
+    def readers(self) -> str:
+        """Which readers decode this profile's pixels (recorded in the root attributes and shown by ``info``)."""
+        if self.standard:
+            return "any Zarr v3 reader (core codecs only: zarr-python, tensorstore, zarrita.js, napari-ome-zarr, ngff-zarr)"
+        if self.predictor:
+            return "zarr-python with rxrx2-zarr installed (codec rxrx2.vpredict), or rxrx2-zarr"
+        return "zarr-python with numcodecs and pcodec installed, or rxrx2-zarr"
 
 
-#: The codec profiles, chosen by measurement (README, "Codec profiles"; ``python -m benchmarks``, workload
-#: ``codecs``). On RxRx2-like generated sites: ``balanced`` (pcodec) is smaller than PNG and ~3x faster to decode,
-#: using only codecs zarr-python + numcodecs decode; ``zstd`` decodes ~5x faster than PNG at ~1.1x its bytes;
-#: ``fast`` (LZ4 + bit-shuffle) is fastest and largest; ``compact`` needs this package's own codec and is both
-#: the smallest and faster to write and read than ``balanced``.
+#: The codec profiles, chosen by measurement (README, "Codec profiles"; ``python -m benchmarks``, workloads
+#: ``codecs`` and ``frontier``). ``standard`` (the default) and ``zstd`` and ``fast`` use only Zarr v3 core codecs
+#: and open in every Zarr reader; ``balanced`` and ``compact`` need numcodecs + pcodec or this package.
 PROFILES: Mapping[str, CodecProfile] = {
     p.name: p
     for p in (
-        CodecProfile("fast", "LZ4 + bit-shuffle (Blosc): fastest to write and read, ~1.8x the PNG bytes", "blosc", 5, "lz4", "bitshuffle"),
-        CodecProfile("zstd", "zstd level 3: ~5x faster to read than PNG, ~1.1x its bytes", "zstd", 3),
-        CodecProfile("balanced", "pcodec level 8 (numcodecs): smaller than PNG and ~3x faster to read", "pcodec", 8),
+        CodecProfile(
+            "standard",
+            "zstd level 17 on 512 x 512 chunks (core codecs): below the PNG bytes, ~5x faster to read, slow to write",
+            "zstd",
+            17,
+            inner_chunks=(512, 512),
+        ),
+        CodecProfile(
+            "zstd",
+            "zstd level 3 (core codecs): quick to write (a laptop conversion), ~5x faster to read, ~1.2x the PNG bytes",
+            "zstd",
+            3,
+        ),
+        CodecProfile(
+            "fast", "LZ4 + bit-shuffle (Blosc, core codecs): fastest to write and read, ~1.8x the PNG bytes",
+            "blosc", 5, "lz4", "bitshuffle",
+        ),
+        CodecProfile(
+            "balanced", "pcodec level 8 (numcodecs; not a core codec): below the PNG bytes, ~3x faster to read", "pcodec", 8
+        ),
         CodecProfile(
             "compact",
             "vertical predictor + zigzag (rxrx2.vpredict, this package's codec) + bit-shuffle + zstd (Blosc): "
@@ -142,6 +213,7 @@ PROFILES: Mapping[str, CodecProfile] = {
         ),
     )
 }
+DEFAULT_INNER_CHUNKS = PROFILES[DEFAULT_PROFILE].inner_chunks
 
 #: Every codec name a store written by this package may contain (the reader refuses any other).
 ALLOWED_CODECS = frozenset(
@@ -159,27 +231,51 @@ ALLOWED_CODECS = frozenset(
 )
 
 
+def _thumbnail_edge(edge: int) -> int:
+    return -(-edge // THUMBNAIL_FACTOR)
+
+
 @dataclass(frozen=True)
 class SiteArraySpec:
-    """The (c, y, x) uint8 array of one site: size, inner chunks, codec profile, pixel size."""
+    """The (c, y, x) uint8 array of one site: size, inner chunks, codec profile and level, pixel size.
+
+    ``inner_chunks`` and ``level`` default to the profile's own.
+    """
 
     height: int
     width: int
-    inner_chunks: tuple[int, int] = DEFAULT_INNER_CHUNKS
+    inner_chunks: tuple[int, int] | None = None
     profile: str = DEFAULT_PROFILE
     pixel_size: float | None = None
     channels: int = len(CHANNELS)
+    level: int | None = None
 
     def __post_init__(self) -> None:
         for name, edge in (("height", self.height), ("width", self.width)):
             if not isinstance(edge, int) or not 1 <= edge <= MAX_SITE_EDGE:
                 raise ValueError(f"site {name} must be 1..{MAX_SITE_EDGE}, got {edge!r}")
-        if len(self.inner_chunks) != 2 or any(not isinstance(v, int) or v < 1 for v in self.inner_chunks):
-            raise ValueError(f"inner chunks must be two positive integers (Y, X), got {self.inner_chunks!r}")
         if self.profile not in PROFILES:
             raise ValueError(f"unknown codec profile {self.profile!r}; choose one of {sorted(PROFILES)}")
+        if self.inner_chunks is None:
+            object.__setattr__(self, "inner_chunks", PROFILES[self.profile].inner_chunks)
+        inner = self.inner_chunks
+        if (
+            inner is None
+            or len(inner) != 2
+            or any(not isinstance(v, int) or isinstance(v, bool) or v < MIN_INNER_EDGE for v in inner)
+        ):
+            raise ValueError(
+                f"inner chunks must be two integers (Y, X) of at least {MIN_INNER_EDGE}, got {self.inner_chunks!r}"
+            )
         if self.pixel_size is not None and not (math.isfinite(self.pixel_size) and self.pixel_size > 0):
             raise ValueError(f"pixel size must be a positive number, got {self.pixel_size!r}")
+        self.codec_profile  # validates the level  # noqa: B018
+
+    @property
+    def chunks(self) -> tuple[int, int]:
+        """The inner chunk shape (Y, X) (``inner_chunks``, resolved)."""
+        assert self.inner_chunks is not None  # resolved in __post_init__
+        return self.inner_chunks
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -188,12 +284,7 @@ class SiteArraySpec:
     @property
     def chunk_shape(self) -> tuple[int, int, int]:
         """Inner chunk shape: one channel, clipped to the site (a chunk larger than the site is pointless)."""
-        return (1, min(self.inner_chunks[0], self.height), min(self.inner_chunks[1], self.width))
-
-    @property
-    def chunks_per_shard(self) -> tuple[int, int, int]:
-        c, y, x = self.chunk_shape
-        return (self.channels // c, -(-self.height // y), -(-self.width // x))
+        return (1, min(self.chunks[0], self.height), min(self.chunks[1], self.width))
 
     @property
     def shard_shape(self) -> tuple[int, int, int]:
@@ -203,17 +294,19 @@ class SiteArraySpec:
 
     @property
     def codec_profile(self) -> CodecProfile:
-        return PROFILES[self.profile]
+        return PROFILES[self.profile].with_level(self.level)
+
+    @property
+    def thumbnail_shape(self) -> tuple[int, int, int]:
+        """(c, y, x) of the thumbnail level: each pixel the rounded mean of a THUMBNAIL_FACTOR-square block."""
+        return (self.channels, _thumbnail_edge(self.height), _thumbnail_edge(self.width))
 
     def array_metadata(self) -> dict[str, Any]:
         """The site array's ``zarr.json`` document: one shard spanning the whole site."""
-        return {
-            "shape": list(self.shape),
-            "data_type": "uint8",
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(self.shard_shape)}},
-            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": 0,
-            "codecs": [
+        return _array_document(
+            self.shape,
+            self.shard_shape,
+            [
                 {
                     "name": "sharding_indexed",
                     "configuration": {
@@ -224,33 +317,64 @@ class SiteArraySpec:
                     },
                 }
             ],
-            "attributes": {},
-            "dimension_names": ["c", "y", "x"],
-            "zarr_format": 3,
-            "node_type": "array",
-            "storage_transformers": [],
-        }
+        )
+
+    def thumbnail_metadata(self) -> dict[str, Any]:
+        """The thumbnail array's ``zarr.json``: one plain chunk (a few KB), zstd + crc32c, whatever the profile,
+        so that every viewer can browse a plate even when the full level needs this package's codecs."""
+        shape = self.thumbnail_shape
+        return _array_document(shape, shape, THUMBNAIL_CODECS)
 
     def options(self) -> dict[str, Any]:
         """The output-affecting options, as recorded in the root attributes (and compared on resume)."""
+        profile = self.codec_profile
         return {
             "height": self.height,
             "width": self.width,
-            "inner_chunks": list(self.inner_chunks),
+            "inner_chunks": list(self.chunks),
             "profile": self.profile,
+            "level": profile.level,
+            "zstd_parameters": dict(profile.zstd_parameters),
             "pixel_size": self.pixel_size,
         }
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SiteArraySpec:
-        inner = options.get("inner_chunks", DEFAULT_INNER_CHUNKS)
+        profile = str(options.get("profile", DEFAULT_PROFILE))
+        inner = options.get("inner_chunks")
+        level = options.get("level")
         return cls(
             height=int(options["height"]),
             width=int(options["width"]),
-            inner_chunks=(int(inner[0]), int(inner[1])),
-            profile=str(options.get("profile", DEFAULT_PROFILE)),
+            inner_chunks=None if inner is None else (int(inner[0]), int(inner[1])),
+            profile=profile,
             pixel_size=None if options.get("pixel_size") is None else float(options["pixel_size"]),
+            level=None if level is None else int(level),
         )
+
+
+#: The thumbnail chunk's codec chain (Zarr v3 core codecs).
+THUMBNAIL_CODECS: list[dict[str, Any]] = [
+    {"name": "bytes", "configuration": {"endian": "little"}},
+    {"name": "zstd", "configuration": {"level": THUMBNAIL_ZSTD_LEVEL, "checksum": False}},
+    {"name": "crc32c"},
+]
+
+
+def _array_document(shape: Sequence[int], chunks: Sequence[int], codecs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "shape": list(shape),
+        "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": codecs,
+        "attributes": {},
+        "dimension_names": ["c", "y", "x"],
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
 
 
 @dataclass(frozen=True)
@@ -264,6 +388,8 @@ class SitePaths:
     site: str
     array: str
     shard: str
+    thumbnail_array: str
+    thumbnail_chunk: str
 
 
 def plate_name(plate: int) -> str:
@@ -278,7 +404,8 @@ def site_paths(key: SiteKey) -> SitePaths:
     well = f"{row}/{key.well.column_name}"
     site = f"{well}/{key.site}"
     array = f"{site}/{LEVEL}"
-    return SitePaths(experiment, plate, row, well, site, array, f"{array}/{SHARD_KEY}")
+    thumbnail = f"{site}/{THUMBNAIL_LEVEL}"
+    return SitePaths(experiment, plate, row, well, site, array, f"{array}/{SHARD_KEY}", thumbnail, f"{thumbnail}/{SHARD_KEY}")
 
 
 # --- attribute documents (pure functions of the metadata) --------------------------------------------------------
@@ -309,6 +436,8 @@ def image_attributes(spec: SiteArraySpec, name: str) -> dict[str, Any]:
     if spec.pixel_size is not None:
         space_axis["unit"] = "micrometer"
         scale = spec.pixel_size
+    thumb = scale * THUMBNAIL_FACTOR
+    shift = scale * (THUMBNAIL_FACTOR - 1) / 2
     return {
         "version": NGFF_VERSION,
         "multiscales": [
@@ -316,7 +445,15 @@ def image_attributes(spec: SiteArraySpec, name: str) -> dict[str, Any]:
                 "name": name,
                 "axes": [{"name": "c", "type": "channel"}, {"name": "y", **space_axis}, {"name": "x", **space_axis}],
                 "datasets": [
-                    {"path": LEVEL, "coordinateTransformations": [{"type": "scale", "scale": [1.0, scale, scale]}]}
+                    {"path": LEVEL, "coordinateTransformations": [{"type": "scale", "scale": [1.0, scale, scale]}]},
+                    {
+                        "path": THUMBNAIL_LEVEL,
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [1.0, thumb, thumb]},
+                            # a thumbnail pixel is the mean of a block: its centre is the block's centre
+                            {"type": "translation", "translation": [0.0, shift, shift]},
+                        ],
+                    },
                 ],
             }
         ],
@@ -360,6 +497,9 @@ class RootAttributes:
     pixels: bool = True
     complete: bool = False
     skipped: Sequence[Mapping[str, str]] = ()
+    index_checksum: int | None = None
+    """CRC32C of the ``index.parquet`` object (known once it is written, at the end of a conversion)."""
+    readers: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -372,7 +512,15 @@ class RootAttributes:
                 for s in CHANNEL_SPECS
             ],
             "checksum": CHECKSUM_ALGORITHM,
-            "index": {"group": INDEX_GROUP, "columns": list(INDEX_COLUMNS), "order": ["experiment", "plate", "row", "column", "site"]},
+            "index": {
+                "group": INDEX_GROUP,
+                "parquet": INDEX_PARQUET,
+                "parquet_crc32c": self.index_checksum,
+                "columns": list(INDEX_COLUMNS),
+                "order": ["experiment", "plate", "row", "column", "site"],
+            },
+            "levels": {LEVEL: 1, THUMBNAIL_LEVEL: THUMBNAIL_FACTOR},
+            "readers": self.readers,
             "embeddings": EMBEDDINGS_ARRAY,
             "counts": dict(self.counts),
             "source": dict(self.source),

@@ -42,16 +42,20 @@ from ._errors import ChunkReadError, SiteNotFoundError, StoreFormatError
 from ._layout import (
     ALLOWED_CODECS,
     EMBEDDINGS_ARRAY,
+    INDEX_CHECKSUM_COLUMNS,
     INDEX_COLUMNS,
     INDEX_GROUP,
+    INDEX_PARQUET,
     INDEX_STRING_COLUMNS,
     LAYOUT_VERSION,
     SHARD_KEY,
+    THUMBNAIL_LEVEL,
+    TRANSCODABLE_LAYOUTS,
     SiteArraySpec,
 )
 from ._paths import CHANNELS, GRID_COLUMNS, GRID_ROWS, check_experiment
 from ._schema import METADATA_COLUMNS
-from ._shard import ShardCodec, ShardDataError, ShardIndexError
+from ._shard import ShardCodec, ShardDataError, ShardIndexError, decode_thumbnail
 from ._storage import StoreIO, check_key
 
 if TYPE_CHECKING:
@@ -72,8 +76,11 @@ _COLUMN_TYPES: Mapping[str, frozenset[str]] = {
     **{c: frozenset({"string"}) for c in _STRING_COLUMNS},
     **{c: _INTEGER_TYPES for c in _INT_COLUMNS},
     "treatment_conc": frozenset({"float32", "float64"}),
-    "checksum": frozenset({"uint32", "uint64", "int64"}),
+    **{c: frozenset({"uint32", "uint64", "int64"}) for c in INDEX_CHECKSUM_COLUMNS},
 }
+_CHECKSUM_COLUMNS = INDEX_CHECKSUM_COLUMNS
+#: The index columns of layout 1 (before the shard and thumbnail checksums).
+_LEGACY_INDEX_COLUMNS: tuple[str, ...] = (*METADATA_COLUMNS, "path", "checksum")
 _NUMPY_TYPES = {
     "bool": "?",
     "int8": "i1",
@@ -230,15 +237,16 @@ class _ArrayDoc:
         return elements * self.dtype.itemsize
 
     def decode(self, data: bytes | None, where: str) -> npt.NDArray[Any]:
-        """One chunk's bytes (None: absent, i.e. the fill value) to an array of the chunk shape."""
+        """One chunk's bytes to an array of the chunk shape. This package writes every chunk of its index and
+        embeddings arrays, so an absent chunk is a damaged store, not the fill value."""
         if data is None:
-            return np.full(self.chunks, self.fill_value, dtype=self.dtype)
+            raise ChunkReadError(f"{where}: chunk is missing (the store is damaged; it would read as fill values)")
         buf: bytes | memoryview = data
         cap = self._decoded_cap()
         for name, _config in reversed(self.compressors):
             if name == "crc32c":
                 if len(buf) < 4 or crc32c.crc32c(buf[:-4]) != int.from_bytes(buf[-4:], "little"):
-                    raise StoreFormatError(f"{where}: chunk fails its crc32c checksum")
+                    raise ChunkReadError(f"{where}: chunk fails its crc32c checksum (corrupt data)")
                 buf = memoryview(buf)[:-4]
             elif name == "zstd":
                 buf = _zstd_decode(buf, cap, where)
@@ -448,20 +456,23 @@ def _decode_tasks() -> int:
 class _SiteRef:
     """What a read task needs to know about one site: small, so a dask graph of 131,953 of them stays light
     (an object rather than a tuple of strings, which dask could mistake for keys; slotted rather than a frozen
-    dataclass, which is ten times slower to build 131,953 times)."""
+    dataclass, which is ten times slower to build 131,953 times). ``shard`` and ``thumbnail`` are the CRC32Cs
+    that close the site's shard index and thumbnail chunk, as recorded in the index (None in layout-1 stores)."""
 
-    __slots__ = ("checksum", "path", "site_id")
+    __slots__ = ("checksum", "path", "shard", "site_id", "thumbnail")
 
-    def __init__(self, site_id: str, path: str, checksum: int) -> None:
+    def __init__(self, site_id: str, path: str, checksum: int, shard: int | None, thumbnail: int | None) -> None:
         self.site_id = site_id
         self.path = path
         self.checksum = checksum
+        self.shard = shard
+        self.thumbnail = thumbnail
 
-    def __reduce__(self) -> tuple[type[_SiteRef], tuple[str, str, int]]:
-        return (_SiteRef, (self.site_id, self.path, self.checksum))
+    def __reduce__(self) -> tuple[type[_SiteRef], tuple[str, str, int, int | None, int | None]]:
+        return (_SiteRef, (self.site_id, self.path, self.checksum, self.shard, self.thumbnail))
 
     def __repr__(self) -> str:
-        return f"_SiteRef({self.site_id!r}, {self.path!r}, {self.checksum})"
+        return f"_SiteRef({self.site_id!r}, {self.path!r}, {self.checksum}, {self.shard}, {self.thumbnail})"
 
 
 @dataclass(frozen=True)
@@ -510,9 +521,9 @@ class _SiteReader:
         try:
             if full:
                 data = io.read(key)
-                codec.decode(data, out=out, executor=executor, tasks=tasks)
+                codec.decode(data, out=out, executor=executor, tasks=tasks, expected=ref.shard)
             else:
-                index = codec.parse_index(io.read_suffix(key, codec.index_nbytes))
+                index = codec.parse_index(io.read_suffix(key, codec.index_nbytes), ref.shard)
                 pieces = self._fetch(io, key, codec.ranges_for(index, channels, region))
                 codec.assemble(pieces, channels, region, out, executor=executor, tasks=tasks)
         except FileNotFoundError:
@@ -522,8 +533,8 @@ class _SiteReader:
         except OSError as exc:
             raise ChunkReadError(f"site {ref.site_id}: cannot read shard object {key} from store {self.url}: {exc}") from None
         if full:
-            # Inner chunks carry no checksum of their own: the index's CRC32C of the site's pixels (about 0.3 ms
-            # for a 6 MiB site) is what turns a flipped bit inside a chunk into an error instead of wrong pixels.
+            # Every inner chunk carries its own CRC32C and the shard index is bound to the site; the CRC32C of the
+            # decoded pixels (about 0.3 ms for a 6 MiB site) also catches a decoder that got it wrong.
             actual = crc32c.crc32c(out.data if out.flags.c_contiguous else out.tobytes())
             if actual != ref.checksum:
                 raise ChunkReadError(
@@ -531,6 +542,22 @@ class _SiteReader:
                     f"{actual} != {ref.checksum} recorded in the index"
                 )
         return out
+
+    def read_thumbnail(self, ref: _SiteRef) -> Pixels:
+        """The site's thumbnail level: (6, ceil(H/8), ceil(W/8)) uint8, one small object."""
+        shape = self.spec.thumbnail_shape
+        if not self.pixels:
+            return np.zeros(shape, dtype=np.uint8)
+        io = _io_for(self.url, self.storage_options)
+        key = f"{ref.path.rsplit('/', 1)[0]}/{THUMBNAIL_LEVEL}/{SHARD_KEY}"
+        try:
+            return decode_thumbnail(io.read(key), shape, ref.thumbnail)
+        except FileNotFoundError:
+            raise ChunkReadError(f"site {ref.site_id}: thumbnail object {key} is missing from store {self.url}") from None
+        except ShardDataError as exc:
+            raise ChunkReadError(f"site {ref.site_id}: thumbnail object {key} in store {self.url} is corrupt: {exc}") from None
+        except OSError as exc:
+            raise ChunkReadError(f"site {ref.site_id}: cannot read thumbnail object {key} from store {self.url}: {exc}") from None
 
     @staticmethod
     def _fetch(io: StoreIO, key: str, ranges: Mapping[int, tuple[int, int]]) -> dict[int, memoryview]:
@@ -557,11 +584,13 @@ class _SiteReader:
 class _Store:
     """Everything read at open: root attributes, the site array spec, the index columns; embeddings on demand."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any]) -> None:
+    def __init__(self, url: str, storage_options: Mapping[str, Any], *, legacy: bool = False) -> None:
         self.url = url
         self.storage_options = dict(storage_options)
         self.io = _io_for(url, self.storage_options)
-        self.attrs = self._root_attributes()
+        self.legacy = legacy
+        self.attrs = self._root_attributes(legacy)
+        self.layout = int(self.attrs["layout_version"])
         try:
             self.spec = SiteArraySpec.from_options(self.attrs["options"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -571,6 +600,7 @@ class _Store:
             raise StoreFormatError(f"{url}: root attributes: 'pixels' must be true or false, got {self.pixels!r}")
         self.columns = self._read_index()
         self.n = len(self.columns["site_id"])
+        self.embedding_features: tuple[str, ...] = ()
         self._embeddings_doc, array_document = self._documents()
         self._embeddings_lock = threading.Lock()
         self._embeddings: npt.NDArray[np.float32] | None = None
@@ -595,7 +625,7 @@ class _Store:
             duplicated = self.site_index[self.site_index.duplicated()][:5].tolist()
             raise StoreFormatError(f"{url}: index/site_id has duplicate site_ids, e.g. {duplicated}")
 
-    def _root_attributes(self) -> dict[str, Any]:
+    def _root_attributes(self, legacy: bool) -> dict[str, Any]:
         where = f"{self.url}: zarr.json"
         try:
             data = self.io.read("zarr.json")
@@ -607,9 +637,16 @@ class _Store:
             raise StoreFormatError(f"{where}: not a Zarr v3 group")
         if not isinstance(attrs, Mapping) or attrs.get("format") != "rxrx2-zarr":
             raise StoreFormatError(f"{self.url}: not an rxrx2-zarr store (the root group has no 'rxrx2' attributes)")
-        if attrs.get("layout_version") != LAYOUT_VERSION:
+        version = attrs.get("layout_version")
+        if version != LAYOUT_VERSION and not (legacy and version in TRANSCODABLE_LAYOUTS):
+            if version in TRANSCODABLE_LAYOUTS:
+                raise StoreFormatError(
+                    f"{self.url}: layout version {version} is an older rxrx2-zarr layout (no per-chunk checksums, no "
+                    f"thumbnails, no columnar index); rewrite it as layout {LAYOUT_VERSION} with "
+                    f"`rxrx2-zarr transcode {self.url} NEW_STORE` (no PNGs needed)"
+                )
             raise StoreFormatError(
-                f"{self.url}: layout version {attrs.get('layout_version')!r} is not one this version of rxrx2-zarr "
+                f"{self.url}: layout version {version!r} is not one this version of rxrx2-zarr "
                 f"reads ({LAYOUT_VERSION}); upgrade rxrx2-zarr or re-convert the store"
             )
         if attrs.get("complete") is not True:
@@ -620,10 +657,60 @@ class _Store:
         return dict(attrs)
 
     def _read_index(self) -> dict[str, npt.NDArray[Any]]:
-        keys = [f"{INDEX_GROUP}/{c}/zarr.json" for c in INDEX_COLUMNS]
+        columns = self._read_parquet_index() if self.layout >= 2 else self._read_index_arrays()
+        _check_paths(columns["site_id"], columns["path"], f"{self.url}: index")
+        for column in _CHECKSUM_COLUMNS:
+            if column in columns:
+                columns[column] = columns[column].astype(np.int64)
+        return columns
+
+    def _read_parquet_index(self) -> dict[str, npt.NDArray[Any]]:
+        """The columnar index: one object, checked against the CRC32C that the root attributes record for it."""
+        import io
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        where = f"{self.url}: {INDEX_PARQUET}"
+        try:
+            data = self.io.read(INDEX_PARQUET)
+        except FileNotFoundError:
+            raise ChunkReadError(f"{where}: missing (the store's index; the store is damaged)") from None
+        except OSError as exc:
+            raise ChunkReadError(f"{where}: cannot be read: {exc}") from None
+        expected = (self.attrs.get("index") or {}).get("parquet_crc32c") if isinstance(self.attrs.get("index"), Mapping) else None
+        if not isinstance(expected, int) or crc32c.crc32c(data) != expected:
+            raise ChunkReadError(f"{where}: fails the crc32c recorded in the root attributes ({expected!r}): corrupt index")
+        try:
+            table = pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise StoreFormatError(f"{where}: not a readable Parquet file ({exc})") from None
+        columns: dict[str, npt.NDArray[Any]] = {}
+        for column in INDEX_COLUMNS:
+            if column not in table.column_names:
+                raise StoreFormatError(f"{where}: has no column {column!r}")
+            kind = table.schema.field(column).type
+            if column in _STRING_COLUMNS:
+                ok = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            elif column in _FLOAT_COLUMNS:
+                ok = pa.types.is_floating(kind)
+            else:
+                ok = pa.types.is_integer(kind)
+            if not ok:
+                raise StoreFormatError(f"{where}: column {column!r} has type {kind}")
+            chunked = table.column(column)
+            if column not in _FLOAT_COLUMNS and chunked.null_count:
+                raise StoreFormatError(f"{where}: column {column!r} has {chunked.null_count} null value(s)")
+            values = chunked.to_numpy(zero_copy_only=False)
+            columns[column] = np.asarray(values, dtype=object) if column in _STRING_COLUMNS else values
+        return columns
+
+    def _read_index_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """Layout 1: one Zarr array per index column (read for ``transcode`` only)."""
+        keys = [f"{INDEX_GROUP}/{c}/zarr.json" for c in _LEGACY_INDEX_COLUMNS]
         docs = _read_many(self.io, keys)
         arrays: dict[str, _ArrayDoc] = {}
-        for column, key in zip(INDEX_COLUMNS, keys, strict=True):
+        for column, key in zip(_LEGACY_INDEX_COLUMNS, keys, strict=True):
             where = f"{self.url}: {key}"
             arrays[column] = _ArrayDoc.parse(_json(docs[key], where), f"{INDEX_GROUP}/{column}", _COLUMN_TYPES[column], 1, where)
         lengths = {c: a.shape[0] for c, a in arrays.items()}
@@ -637,8 +724,6 @@ class _Store:
             parts = [array.decode(blobs[k], f"{self.url}: {k}") for k in chunk_keys[column]]
             values = np.concatenate(parts)[: array.shape[0]] if parts else np.empty(0, dtype=array.dtype)
             columns[column] = values
-        _check_paths(columns["site_id"], columns["path"], f"{self.url}: index")
-        columns["checksum"] = columns["checksum"].astype(np.int64)
         return columns
 
     def _documents(self) -> tuple[_ArrayDoc | None, str]:
@@ -651,9 +736,19 @@ class _Store:
         else:
             array_document = json.dumps(self.spec.array_metadata())  # an empty store: nothing will be decoded
         if docs[key] is None:
+            counts = self.attrs.get("counts")
+            if isinstance(counts, Mapping) and counts.get("embedding_dim"):
+                raise ChunkReadError(
+                    f"{self.url}: {key} is missing, but the root attributes record {counts['embedding_dim']}-dim "
+                    "embeddings: the store is damaged"
+                )
             return None, array_document  # the source had no embeddings.csv
         where = f"{self.url}: {key}"
-        doc = _ArrayDoc.parse(_json(docs[key], where), EMBEDDINGS_ARRAY, frozenset({"float32", "float64"}), 2, where)
+        document = _json(docs[key], where)
+        doc = _ArrayDoc.parse(document, EMBEDDINGS_ARRAY, frozenset({"float32", "float64"}), 2, where)
+        features = ((document.get("attributes") or {}).get("rxrx2") or {}).get("features")
+        if isinstance(features, list) and len(features) == doc.shape[1] and all(isinstance(f, str) for f in features):
+            self.embedding_features = tuple(features)
         if doc.shape[0] != self.n:
             raise StoreFormatError(f"{where}: {doc.shape[0]} rows for {self.n} sites in the index")
         return doc, array_document
@@ -700,24 +795,30 @@ class _Store:
         return self._embeddings if positions is None else self._embeddings[positions]
 
     def ref(self, position: int) -> _SiteRef:
+        columns = self.columns
+        legacy = self.layout < 2
         return _SiteRef(
-            str(self.columns["site_id"][position]), str(self.columns["path"][position]), int(self.columns["checksum"][position])
+            str(columns["site_id"][position]),
+            str(columns["path"][position]),
+            int(columns["checksum"][position]),
+            None if legacy else int(columns["shard_checksum"][position]),
+            None if legacy else int(columns["thumbnail_checksum"][position]),
         )
 
 
 _STORES_LOCK = threading.Lock()
-_STORES: dict[tuple[str, str, int], _Store] = {}
+_STORES: dict[tuple[str, str, int, bool], _Store] = {}
 
 
-def _store_for_pickle(url: str, storage_options: Mapping[str, Any]) -> _Store:
+def _store_for_pickle(url: str, storage_options: Mapping[str, Any], legacy: bool = False) -> _Store:
     """The store as re-opened in a process that unpickled a Dataset: opened once per process and store."""
-    key = (url, json.dumps(dict(storage_options), sort_keys=True, default=str), os.getpid())
+    key = (url, json.dumps(dict(storage_options), sort_keys=True, default=str), os.getpid(), legacy)
     with _STORES_LOCK:
         store = _STORES.get(key)
         if store is None:
             if len(_STORES) >= 8:  # a long-lived worker that saw many stores keeps only the latest few
                 del _STORES[next(iter(_STORES))]
-            store = _STORES[key] = _Store(url, storage_options)
+            store = _STORES[key] = _Store(url, storage_options, legacy=legacy)
         return store
 
 
@@ -730,8 +831,15 @@ def open(url: str, storage_options: Mapping[str, Any] | None = None) -> Dataset:
     return Dataset(_Store(str(url), dict(storage_options or {})), None)
 
 
-def _restore(url: str, storage_options: Mapping[str, Any], positions: npt.NDArray[np.int64] | None, n_sites: int) -> Dataset:
-    store = _store_for_pickle(url, storage_options)
+def open_any_layout(url: str, storage_options: Mapping[str, Any] | None = None) -> Dataset:
+    """Open a store of any layout that ``transcode`` reads (older ones too), for ``transcode`` and ``verify``."""
+    return Dataset(_Store(str(url), dict(storage_options or {}), legacy=True), None)
+
+
+def _restore(
+    url: str, storage_options: Mapping[str, Any], positions: npt.NDArray[np.int64] | None, n_sites: int, legacy: bool = False
+) -> Dataset:
+    store = _store_for_pickle(url, storage_options, legacy)
     if store.n != n_sites:
         raise StoreFormatError(
             f"{url}: the store changed since this Dataset was pickled ({store.n} sites now, {n_sites} then)"
@@ -837,7 +945,7 @@ class Dataset:
         return bool(self._store.pixels)
 
     def __reduce__(self) -> tuple[Callable[..., Dataset], tuple[Any, ...]]:
-        return (_restore, (self.url, self.storage_options, self._positions, self._store.n))
+        return (_restore, (self.url, self.storage_options, self._positions, self._store.n, self._store.legacy))
 
     def __repr__(self) -> str:
         spec = self._store.spec
@@ -871,6 +979,11 @@ class Dataset:
     @property
     def site_ids(self) -> list[str]:
         return [str(s) for s in self._store.columns["site_id"][self.positions]]
+
+    @property
+    def embedding_features(self) -> tuple[str, ...]:
+        """The names of the embedding columns (``feature_0`` ...), as in ``embeddings.csv``."""
+        return self._store.embedding_features
 
     @property
     def embeddings(self) -> npt.NDArray[np.float32] | None:
@@ -950,6 +1063,20 @@ class Dataset:
         (position,) = self._positions_of([site_id])
         return self._store.reader.read(self._store.ref(int(position)), parallel=parallel)
 
+    def thumbnails(self, sites: str | Sequence[str]) -> Pixels:
+        """The thumbnail level of ``sites``: (n, 6, ceil(H/8), ceil(W/8)) uint8, each pixel the rounded mean of an
+        8 x 8 block; one small object per site (what viewers show for a plate)."""
+        ids = [sites] if isinstance(sites, str) else list(sites)
+        positions = self._positions_of(ids)
+        out = np.empty((len(ids), *self.spec.thumbnail_shape), dtype=np.uint8)
+        reader, store = self._store.reader, self._store
+        if store.layout < 2:
+            raise StoreFormatError(f"{self.url}: a layout-1 store has no thumbnails; rewrite it with `rxrx2-zarr transcode`")
+        futures = [_pool().submit(reader.read_thumbnail, store.ref(int(p))) for p in positions]
+        for k, future in enumerate(futures):
+            out[k] = future.result()
+        return out
+
     def read(
         self,
         sites: str | Sequence[str],
@@ -1018,11 +1145,14 @@ class Dataset:
         name = "rxrx2-images-" + tokenize(self.url, store.storage_options, spec, store.pixels, positions)
         reader = store.reader
         columns = store.columns
+        n = len(positions)
+        checks = [columns[c][positions].tolist() if store.layout >= 2 else [None] * n for c in ("shard_checksum", "thumbnail_checksum")]
         refs = map(
             _SiteRef,
             columns["site_id"][positions].tolist(),
             columns["path"][positions].tolist(),
             columns["checksum"][positions].tolist(),
+            *checks,
         )
         graph: dict[Any, Any] = {(name, k, 0, 0, 0): (reader, ref) for k, ref in enumerate(refs)}
         chunks = ((1,) * len(positions), (spec.channels,), (spec.height,), (spec.width,))

@@ -12,7 +12,8 @@ directions), so the store stays a standard Zarr v3 store.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -49,25 +50,85 @@ class _Step:
     config: Mapping[str, Any]
 
 
-def _parse_chain(codecs: Sequence[Mapping[str, Any]], where: str) -> list[_Step]:
-    """Validate an inner codec chain against the allowlist and return its steps (``bytes`` omitted).
+def _parse_chain(codecs: Sequence[Mapping[str, Any]], where: str) -> tuple[list[_Step], bool]:
+    """Validate an inner codec chain against the allowlist; return its steps (``bytes`` omitted) and whether it
+    ends with a ``crc32c`` codec (layout 2 always does; layout 1 never did).
 
-    Accepted shapes: ``bytes, blosc|zstd`` and ``numcodecs.astype(uint8->uint16), numcodecs.pcodec``.
+    Accepted shapes: ``[rxrx2.vpredict,] bytes, blosc|zstd [, crc32c]`` and
+    ``numcodecs.astype(uint8->uint16), numcodecs.pcodec [, crc32c]``.
     """
     for codec in codecs:
         if codec.get("name") not in ALLOWED_CODECS:
             raise StoreFormatError(f"{where}: codec {codec.get('name')!r} is not one this library writes; refusing to read it")
     names = [str(c.get("name")) for c in codecs]
     configs = [dict(c.get("configuration") or {}) for c in codecs]
+    checked = bool(names) and names[-1] == "crc32c"
+    if checked:
+        names, configs = names[:-1], configs[:-1]
+    if configs and names[:1] == ["bytes"] and configs[0].get("endian", "little") != "little":
+        raise StoreFormatError(f"{where}: unsupported bytes configuration {configs[0]}")
     if names in (["rxrx2.vpredict", "bytes", "blosc"], ["rxrx2.vpredict", "bytes", "zstd"]):
-        return [_Step("vpredict", {}), _Step(names[2], configs[2])]
+        return [_Step("vpredict", {}), _Step(names[2], configs[2])], checked
     if names in (["bytes", "blosc"], ["bytes", "zstd"]):
-        return [_Step(names[1], configs[1])]
+        return [_Step(names[1], configs[1])], checked
     if names == ["numcodecs.astype", "numcodecs.pcodec"]:
         if configs[0].get("encode_dtype") != "uint16" or configs[0].get("decode_dtype") != "uint8":
             raise StoreFormatError(f"{where}: unsupported astype configuration {configs[0]}")
-        return [_Step("astype", configs[0]), _Step("pcodec", configs[1])]
+        return [_Step("astype", configs[0]), _Step("pcodec", configs[1])], checked
     raise StoreFormatError(f"{where}: unsupported inner codec chain {names}")
+
+
+_ZSTD_LOCAL = threading.local()
+
+
+def zstd_compress(data: Any, level: int, parameters: tuple[tuple[str, int], ...] = ()) -> bytes:
+    """One standard zstd frame (content size declared, no zstd checksum) at ``level``, or with explicit encoder
+    ``parameters`` (python-zstandard's ``ZstdCompressionParameters``, tuned by measurement: see ``PROFILES``).
+    One compressor per thread and setting: python-zstandard's compressors are not thread-safe."""
+    import zstandard
+
+    cache: dict[tuple[Any, ...], Any] = _ZSTD_LOCAL.__dict__.setdefault("compressors", {})
+    key = (level, parameters)
+    compressor = cache.get(key)
+    if compressor is None:
+        if parameters:
+            params = zstandard.ZstdCompressionParameters.from_level(level, **dict(parameters))
+            compressor = zstandard.ZstdCompressor(compression_params=params, write_content_size=True)
+        else:
+            compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        cache[key] = compressor
+    return bytes(compressor.compress(data))
+
+
+def with_checksum(data: bytes) -> bytes:
+    """``data`` closed by the Zarr v3 ``crc32c`` codec: its CRC32C, 4 bytes little-endian."""
+    return data + crc32c.crc32c(data).to_bytes(4, "little")
+
+
+def strip_checksum(data: bytes | memoryview, what: str) -> memoryview:
+    """Check and remove the trailing CRC32C of the ``crc32c`` codec; ``what`` names the chunk in the error."""
+    view = memoryview(data)
+    if len(view) < 4 or crc32c.crc32c(view[:-4]) != int.from_bytes(view[-4:], "little"):
+        raise ShardDataError(f"{what} fails its crc32c checksum (corrupt data)")
+    return view[:-4]
+
+
+def thumbnail(pixels: Pixels, factor: int) -> Pixels:
+    """The (c, ceil(h/f), ceil(w/f)) thumbnail of a (c, h, w) site: each pixel the rounded mean of its f x f
+    block (edge blocks average the pixels they have)."""
+    c, h, w = pixels.shape
+    th, tw = -(-h // factor), -(-w // factor)
+    if h % factor or w % factor:
+        padded = np.zeros((c, th * factor, tw * factor), dtype=np.uint8)
+        padded[:, :h, :w] = pixels
+    else:
+        padded = pixels
+    sums = padded.reshape(c, th, factor, tw, factor).sum(axis=(2, 4), dtype=np.uint32)
+    rows = np.minimum(factor, h - np.arange(th) * factor).astype(np.uint32)
+    cols = np.minimum(factor, w - np.arange(tw) * factor).astype(np.uint32)
+    counts = rows[:, None] * cols[None, :]
+    means: Pixels = ((sums + counts // 2) // counts).astype(np.uint8)
+    return means
 
 
 class ShardCodec:
@@ -77,6 +138,7 @@ class ShardCodec:
         self.spec = spec
         meta = spec.array_metadata()
         self._configure(meta, where)
+        self._zstd_parameters: tuple[tuple[str, int], ...] = spec.codec_profile.zstd_parameters
 
     @classmethod
     def from_array_metadata(cls, meta: Mapping[str, Any], where: str) -> ShardCodec:
@@ -115,7 +177,7 @@ class ShardCodec:
         self.shard_shape = tuple(int(v) for v in meta["chunk_grid"]["configuration"]["chunk_shape"])
         self.n_chunks = int(np.prod(self.grid))
         self.index_nbytes = 16 * self.n_chunks + 4
-        self.steps = _parse_chain(config["codecs"], where)
+        self.steps, self.checked = _parse_chain(config["codecs"], where)
         self._chunk_nbytes = int(np.prod(self.chunk))
         self._blosc = [
             numcodecs.Blosc(
@@ -131,11 +193,7 @@ class ShardCodec:
         self._pcodec = [
             numcodecs.PCodec(level=int(s.config.get("level", 8))) for s in self.steps if s.kind == "pcodec"
         ]
-        self._zstd = [
-            numcodecs.Zstd(level=int(s.config.get("level", 0)), checksum=bool(s.config.get("checksum", False)))
-            for s in self.steps
-            if s.kind == "zstd"
-        ]
+        self._zstd_parameters = ()
 
     # --- encoding -------------------------------------------------------------------------------------------------
 
@@ -151,8 +209,9 @@ class ShardCodec:
             elif step.kind == "blosc":
                 data = self._blosc[0].encode(data)
             else:
-                data = self._zstd[0].encode(data)
-        return bytes(data)
+                zstd = self.steps[-1].config
+                data = zstd_compress(data, int(zstd.get("level", 0)), self._zstd_parameters)
+        return with_checksum(bytes(data)) if self.checked else bytes(data)
 
     def encode(self, pixels: Pixels) -> bytes:
         """Encode a whole site; all-zero inner chunks are stored as absent (they read back as the fill value 0)."""
@@ -182,11 +241,13 @@ class ShardCodec:
 
     # --- decoding -------------------------------------------------------------------------------------------------
 
-    def parse_index(self, tail: bytes | memoryview) -> npt.NDArray[np.uint64]:
+    def parse_index(self, tail: bytes | memoryview, expected: int | None = None) -> npt.NDArray[np.uint64]:
         """Parse the shard index from the shard's last :attr:`index_nbytes` bytes (or the whole shard).
 
         Besides the CRC32C, every present entry must describe a plausible chunk (no longer than
         :attr:`max_chunk_nbytes`), so that an untrusted index can never make a reader fetch or allocate absurd sizes.
+        ``expected`` is the index's CRC32C as recorded for this site in the store's index: a shard of another site,
+        or an index rewritten with a valid checksum of its own, then fails too.
         """
         if len(tail) < self.index_nbytes:
             raise ShardIndexError(f"shard is {len(tail)} bytes, shorter than its index ({self.index_nbytes} bytes)")
@@ -194,6 +255,11 @@ class ShardCodec:
         body, checksum = view[:-4], int.from_bytes(view[-4:], "little")
         if crc32c.crc32c(body) != checksum:
             raise ShardIndexError("shard index checksum mismatch (corrupt or truncated object)")
+        if expected is not None and checksum != expected:
+            raise ShardIndexError(
+                f"shard index checksum {checksum} is not the {expected} recorded for this site "
+                "(a shard of another site, or a rewritten index)"
+            )
         index = np.frombuffer(body, dtype="<u8").reshape(self.n_chunks, 2)
         offsets, sizes = index[:, 0], index[:, 1]
         missing = (offsets == MISSING) & (sizes == MISSING)
@@ -213,17 +279,12 @@ class ShardCodec:
 
     @property
     def max_chunk_nbytes(self) -> int:
-        """Upper bound on an encoded inner chunk: raw size plus generous codec overhead (zstd/blosc worst case)."""
-        return self._chunk_nbytes + self._chunk_nbytes // 8 + 4096
+        """Upper bound on an encoded inner chunk: raw size plus generous codec overhead (zstd/blosc worst case),
+        plus the 4 bytes of the crc32c codec."""
+        return self._chunk_nbytes + self._chunk_nbytes // 8 + 4096 + 4
 
-    def decode_chunk(self, data: bytes | memoryview) -> Pixels:
-        """Decode one inner chunk's bytes to a (cy, cx) uint8 array."""
-        chunk = np.empty(self._chunk_nbytes, dtype=np.uint8)
-        self._decode_into(data, chunk, chunk)
-        return chunk.reshape(self.chunk[1:])
-
-    def _decode_into(self, data: bytes | memoryview, out: Pixels, scratch: Pixels) -> None:
-        """Decode one inner chunk into the flat uint8 buffer ``out`` (``scratch``: spare buffer of the same size).
+    def _decode_into(self, data: bytes | memoryview, out: Pixels, flat: int) -> None:
+        """Decode inner chunk ``flat`` into the flat uint8 buffer ``out``.
 
         Each codec is called the way that measured fastest and, above all, releases the GIL, so that the threads
         decoding a site's chunks run in parallel (1024 x 1024 x 6 site, 256 x 256 chunks, one thread; 2 threads
@@ -231,13 +292,14 @@ class ShardCodec:
         threads (no speed-up); pcodec's allocating ``simple_decompress`` ~14 ms/site (8.6) where
         ``simple_decompress_into`` keeps the GIL (~20 ms, no speed-up).
         """
-        self._decompress_into(data, out)
+        self._decompress_into(data, out, flat)
         if self._predictor:
             vpredict_decode(out.reshape(self.chunk[1:]))
-        del scratch
 
-    def _decompress_into(self, data: bytes | memoryview, out: Pixels) -> None:
-        """The compressor (or pcodec) stage of the chain, into the flat uint8 buffer ``out``."""
+    def _decompress_into(self, data: bytes | memoryview, out: Pixels, flat: int) -> None:
+        """The checksum and compressor (or pcodec) stages of the chain, into the flat uint8 buffer ``out``."""
+        if self.checked:
+            data = strip_checksum(data, f"inner chunk {flat}")
         kind = self.steps[-1].kind
         if kind == "blosc":
             _check_blosc_header(data, self._chunk_nbytes)
@@ -273,9 +335,11 @@ class ShardCodec:
         out: Pixels | None = None,
         executor: Executor | None = None,
         tasks: int = 1,
+        expected: int | None = None,
     ) -> Pixels:
-        """Decode a whole shard object (or the chunks of it that ``channels``/``region`` need)."""
-        index = self.parse_index(shard)
+        """Decode a whole shard object (or the chunks of it that ``channels``/``region`` need); ``expected``: the
+        shard index's CRC32C recorded for this site (see :meth:`parse_index`)."""
+        index = self.parse_index(shard, expected)
         view = memoryview(shard)
         data_end = len(view) - self.index_nbytes
         pieces = {}
@@ -332,7 +396,7 @@ class ShardCodec:
                     ax0, ax1 = max(x0, gx * cx), min(x1, (gx + 1) * cx)
                     target = (k, slice(ay0 - y0, ay1 - y0), slice(ax0 - x0, ax1 - x0))
                     source = (slice(ay0 - gy * cy, ay1 - gy * cy), slice(ax0 - gx * cx, ax1 - gx * cx))
-                    jobs.append((pieces.get(flat), target, source))
+                    jobs.append((flat, pieces.get(flat), target, source))
         groups = max(1, min(tasks, len(jobs)))
         if executor is None or groups == 1:
             self._run_jobs(jobs, out)
@@ -347,16 +411,15 @@ class ShardCodec:
             self._run_predicted_jobs(jobs, out)
             return
         chunk = np.empty(self.chunk[1:], dtype=np.uint8)
-        scratch = np.empty(self._chunk_nbytes, dtype=np.uint8)
-        for data, target, source in jobs:
+        for flat, data, target, source in jobs:
             view = out[target]
             if data is None:
                 view[...] = 0  # absent chunk: fill value
             elif view.shape == chunk.shape and view.flags.c_contiguous:
                 # the chunk lands on a contiguous block of the output (full-width chunks): decode straight into it
-                self._decode_into(data, view.reshape(-1), scratch)
+                self._decode_into(data, view.reshape(-1), flat)
             else:
-                self._decode_into(data, chunk.reshape(-1), scratch)
+                self._decode_into(data, chunk.reshape(-1), flat)
                 view[...] = chunk[source]
 
     def _run_predicted_jobs(self, jobs: Sequence[_Job], out: Pixels) -> None:
@@ -365,20 +428,20 @@ class ShardCodec:
         The predictor's running sum costs one numpy call per row; done per chunk that is ~25,000 calls per site,
         done on the stack it is one call per row for all chunks together.
         """
-        present = [job for job in jobs if job[0] is not None]
-        for data, target, _ in jobs:
+        present = [job for job in jobs if job[1] is not None]
+        for _, data, target, _ in jobs:
             if data is None:
                 out[target] = 0
         if not present:
             return
         stack = np.empty((len(present), *self.chunk[1:]), dtype=np.uint8)
-        for k, (data, _, _) in enumerate(present):
-            self._decompress_into(data, stack[k].reshape(-1))  # type: ignore[arg-type]
+        for k, (flat, data, _, _) in enumerate(present):
+            self._decompress_into(data, stack[k].reshape(-1), flat)  # type: ignore[arg-type]
         vpredict_decode(stack)
-        for k, (_, target, source) in enumerate(present):
+        for k, (_, _, target, source) in enumerate(present):
             out[target] = stack[k][source]
 
-_Job = tuple["bytes | memoryview | None", tuple[int, slice, slice], tuple[slice, slice]]
+_Job = tuple[int, "bytes | memoryview | None", tuple[int, slice, slice], tuple[slice, slice]]
 
 
 def _check_blosc_header(data: bytes | memoryview, expected: int) -> None:
@@ -392,8 +455,24 @@ def _check_blosc_header(data: bytes | memoryview, expected: int) -> None:
         )
 
 
-def iter_chunk_slices(codec: ShardCodec) -> Iterable[tuple[int, int, int]]:
-    return np.ndindex(*codec.grid)
+def encode_thumbnail(pixels: Pixels, level: int) -> bytes:
+    """The thumbnail array's one chunk (``THUMBNAIL_CODECS``: bytes, zstd, crc32c) for (c, h, w) uint8 pixels."""
+    return with_checksum(zstd_compress(np.ascontiguousarray(pixels, dtype=np.uint8), level))
+
+
+def decode_thumbnail(data: bytes | memoryview, shape: tuple[int, int, int], expected: int | None = None) -> Pixels:
+    """Decode a thumbnail chunk; ``expected`` is its CRC32C as recorded in the store's index for this site."""
+    if expected is not None and (len(data) < 4 or int.from_bytes(bytes(data[-4:]), "little") != expected):
+        raise ShardDataError("thumbnail chunk's checksum is not the one recorded for this site (another site's chunk?)")
+    body = strip_checksum(data, "thumbnail chunk")
+    out = np.empty(shape, dtype=np.uint8)
+    try:
+        decoded = imagecodecs.zstd_decode(_any(body), out=_any(out.reshape(-1)))
+    except imagecodecs.ZstdError as exc:
+        raise ShardDataError(f"thumbnail chunk does not decode ({exc})") from None
+    if len(decoded) != out.size:
+        raise ShardDataError(f"thumbnail chunk decoded to {len(decoded)} bytes, expected {out.size}")
+    return out
 
 
 def _any(buffer: object) -> Any:

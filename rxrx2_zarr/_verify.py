@@ -8,6 +8,7 @@ validated against ome-zarr-models' OME-NGFF 0.5 HCS model; the index and embeddi
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -21,11 +22,26 @@ import crc32c
 import numpy as np
 import pandas as pd
 
-from ._errors import StoreFormatError
-from ._layout import EMBEDDINGS_ARRAY, INDEX_COLUMNS, INDEX_GROUP, INDEX_STRING_COLUMNS, SiteArraySpec
+from ._convert import PixelSource, PngSource
+from ._errors import ImageError, StoreFormatError
+from ._hierarchy import SiteChecksums
+from ._layout import (
+    EMBEDDINGS_ARRAY,
+    INDEX_COLUMNS,
+    INDEX_GROUP,
+    INDEX_PARQUET,
+    INDEX_STRING_COLUMNS,
+    LAYOUT_VERSION,
+    SHARD_KEY,
+    THUMBNAIL_FACTOR,
+    THUMBNAIL_LEVEL,
+    SiteArraySpec,
+)
 from ._plan import ConversionPlan, make_plan
 from ._progress import Progress
+from ._shard import thumbnail
 from ._storage import StoreIO
+from ._transcode import StoreSource, plan_from_store
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -70,7 +86,18 @@ def _root_attrs(store: StoreIO) -> dict[str, Any]:
     return attrs
 
 
+def _is_store(url: str, options: Mapping[str, Any]) -> bool:
+    """Whether ``url`` is an rxrx2-zarr store (then ``verify`` compares with it instead of a PNG tree)."""
+    io = StoreIO(url, options)
+    try:
+        _root_attrs(io)
+    except StoreFormatError:
+        return False
+    return True
+
+
 def _read_index(store: StoreIO) -> pd.DataFrame:
+    """The index arrays, read through zarr-python (which checks every chunk's crc32c)."""
     import zarr
 
     group = zarr.open_group(store.zarr_store(), path=INDEX_GROUP, mode="r")
@@ -84,9 +111,32 @@ def _read_index(store: StoreIO) -> pd.DataFrame:
     return frame
 
 
+def _compare_parquet(store: StoreIO, attrs: Mapping[str, Any], index: pd.DataFrame, report: VerifyReport) -> None:
+    """The columnar index must be intact (its recorded CRC32C) and hold exactly the index arrays' values."""
+    import pyarrow.parquet as pq
+
+    try:
+        data = store.read(INDEX_PARQUET)
+    except FileNotFoundError:
+        report.problems.append(f"{INDEX_PARQUET}: missing")
+        return
+    expected = (attrs.get("index") or {}).get("parquet_crc32c")
+    if crc32c.crc32c(data) != expected:
+        report.problems.append(f"{INDEX_PARQUET}: crc32c {crc32c.crc32c(data)} != {expected!r} recorded in the root attributes")
+        return
+    frame = pq.read_table(io.BytesIO(data)).to_pandas()
+    for column in INDEX_COLUMNS:
+        if column not in frame.columns:
+            report.problems.append(f"{INDEX_PARQUET}: no column {column!r}")
+            continue
+        got, want = frame[column].tolist(), index[column].tolist()
+        if len(got) != len(want) or not all(_same(a, b) for a, b in zip(got, want, strict=True)):
+            report.problems.append(f"{INDEX_PARQUET}: column {column!r} differs from index/{column}")
+
+
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        fa, fb = float(a), float(b)
+    if isinstance(a, float) or isinstance(b, float) or a is None or b is None:
+        fa, fb = (math.nan if v is None else float(v) for v in (a, b))
         return (math.isnan(fa) and math.isnan(fb)) or fa == fb
     return bool(a == b)
 
@@ -102,7 +152,8 @@ def verify(
     src_storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> VerifyReport:
-    """Compare the store ``dst`` with the RxRx2 tree ``src``; the report lists every problem found."""
+    """Compare the store ``dst`` with the RxRx2 tree ``src`` (or with the store ``src`` it was transcoded from);
+    the report lists every problem found."""
     with warnings.catch_warnings():
         # zarr-python warns that numcodecs codecs are outside the v3 spec, and ome-zarr-models about the version
         # field, once per node: known and harmless here, and they would drown the report
@@ -122,29 +173,42 @@ def _verify(
     src_storage_options: Mapping[str, Any] | None,
     progress: bool,
 ) -> VerifyReport:
-    import zarr
 
     dst_options = dict(storage_options or {})
     src_options = dict(src_storage_options if src_storage_options is not None else dst_options)
     store = StoreIO(dst, dst_options)
     report = VerifyReport(src, dst)
     attrs = _root_attrs(store)
+    if attrs.get("layout_version") != LAYOUT_VERSION:
+        report.problems.append(
+            f"layout version {attrs.get('layout_version')!r}: `open` refuses it (this version reads layout "
+            f"{LAYOUT_VERSION}); rewrite the store with `rxrx2-zarr transcode`"
+        )
+        return report
     if not attrs.get("complete"):
         report.problems.append("store is incomplete (conversion did not finish): run convert --resume")
         return report
-    subset = attrs.get("source", {}).get("subset", {}) or {}
     skipped = {s["site_id"]: s["reason"] for s in attrs.get("skipped", [])}
-    plan = make_plan(
-        src,
-        src_options,
-        experiments=subset.get("experiments"),
-        plates=subset.get("plates"),
-        limit=subset.get("limit"),
-        on_error="skip",
-        need_pixels=bool(attrs.get("pixels", True)),
-    )
+    source: PixelSource
+    if _is_store(src, src_options):
+        plan, _ = plan_from_store(src, src_options)
+        source = StoreSource(src, src_options)
+        skipped = {}
+    else:
+        subset = attrs.get("source", {}).get("subset", {}) or {}
+        plan = make_plan(
+            src,
+            src_options,
+            experiments=subset.get("experiments"),
+            plates=subset.get("plates"),
+            limit=subset.get("limit"),
+            on_error="skip",
+            need_pixels=bool(attrs.get("pixels", True)),
+        )
+        source = PngSource(src, src_options)
     index = _read_index(store)
     report.sites_in_store = len(index)
+    _compare_parquet(store, attrs, index, report)
     _compare_index(plan, index, skipped, report)
     _compare_embeddings(store, plan, index, report)
     spec = SiteArraySpec.from_options(attrs["options"])
@@ -155,41 +219,20 @@ def _verify(
     positions = list(range(len(index)))
     if sample is not None and sample < len(positions):
         positions = sorted(random.Random(seed).sample(positions, sample))
-    src_store = StoreIO(src, src_options)
     zstore = store.zarr_store()
     by_site = {item.site_id: item for item in plan.items}
 
     def check(position: int) -> list[str]:
-        from ._convert import read_site_pixels
-        from ._errors import ImageError
-
         row = index.iloc[position]
         site_id = row["site_id"]
         item = by_site.get(site_id)
         if item is None:
-            return [f"{site_id}: in the store but not in the source metadata"]
+            return [f"{site_id}: in the store but not in the source"]
         try:
-            expected, _ = read_site_pixels(src_store, item, (spec.height, spec.width))
+            expected, _ = source.read(item, (spec.height, spec.width))
         except ImageError as exc:
             return [f"{site_id}: source unreadable: {exc}"]
-        try:
-            stored = np.asarray(zarr.open_array(zstore, path=row["path"], mode="r")[:])
-        except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
-            return [f"{site_id}: cannot read {row['path']}: {exc}"]
-        problems = []
-        if stored.shape != expected.shape or not np.array_equal(stored, expected):
-            differ = int(np.count_nonzero(stored != expected)) if stored.shape == expected.shape else -1
-            problems.append(f"{site_id}: pixels differ from the PNGs ({differ} pixel(s)) in {row['path']}")
-        checksum = crc32c.crc32c(np.ascontiguousarray(stored).data)
-        if checksum != int(row["checksum"]):
-            problems.append(f"{site_id}: index checksum {int(row['checksum'])} != pixels' crc32c {checksum}")
-        try:
-            site_attrs = json.loads(store.read(f"{row['path'].rsplit('/', 1)[0]}/zarr.json"))["attributes"]["rxrx2"]
-            if site_attrs.get("checksum") != checksum or site_attrs.get("site_id") != site_id:
-                problems.append(f"{site_id}: site attributes {site_attrs} disagree with the pixels (crc32c {checksum})")
-        except (FileNotFoundError, ValueError, KeyError) as exc:
-            problems.append(f"{site_id}: site group attributes missing or unreadable ({exc})")
-        return problems
+        return _check_site(store, zstore, spec, row, expected)
 
     with Progress(len(positions), 0, enabled=progress, desc="verify") as bar, ThreadPoolExecutor(max(1, workers)) as pool:
         for problems in pool.map(check, positions):
@@ -197,6 +240,43 @@ def _verify(
             report.pixels_checked += 1
             bar.advance(0)
     return report
+
+
+def _check_site(store: StoreIO, zstore: Any, spec: SiteArraySpec, row: pd.Series, expected: Any) -> list[str]:
+    """One site: both levels through zarr-python against the source pixels, and every checksum of the site."""
+    import zarr
+
+    site_id, path = row["site_id"], row["path"]
+    group = path.rsplit("/", 1)[0]
+    problems = []
+    try:
+        stored = np.asarray(zarr.open_array(zstore, path=path, mode="r")[:])
+        thumb = np.asarray(zarr.open_array(zstore, path=f"{group}/{THUMBNAIL_LEVEL}", mode="r")[:])
+        shard_tail = store.read_suffix(f"{path}/{SHARD_KEY}", 4)
+        thumb_tail = store.read_suffix(f"{group}/{THUMBNAIL_LEVEL}/{SHARD_KEY}", 4)
+    except (FileNotFoundError, KeyError, ValueError, OSError, RuntimeError) as exc:
+        return [f"{site_id}: cannot read {path} or its thumbnail: {type(exc).__name__}: {exc}"]
+    if stored.shape != expected.shape or not np.array_equal(stored, expected):
+        differ = int(np.count_nonzero(stored != expected)) if stored.shape == expected.shape else -1
+        problems.append(f"{site_id}: pixels differ from the source ({differ} pixel(s)) in {path}")
+    want_thumb = thumbnail(expected, THUMBNAIL_FACTOR)
+    if thumb.shape != want_thumb.shape or not np.array_equal(thumb, want_thumb):
+        problems.append(f"{site_id}: thumbnail {group}/{THUMBNAIL_LEVEL} is not the 1/{THUMBNAIL_FACTOR} block mean of the pixels")
+    sums = SiteChecksums(
+        crc32c.crc32c(np.ascontiguousarray(stored).data),
+        int.from_bytes(shard_tail, "little"),
+        int.from_bytes(thumb_tail, "little"),
+    )
+    for column, value in sums.to_json().items():
+        if int(row[column]) != value:
+            problems.append(f"{site_id}: index/{column} {int(row[column])} != {value} computed from the stored objects")
+    try:
+        site_attrs = json.loads(store.read(f"{group}/zarr.json"))["attributes"]["rxrx2"]
+        if SiteChecksums.from_json(site_attrs) != sums or site_attrs.get("site_id") != site_id:
+            problems.append(f"{site_id}: site attributes {site_attrs} disagree with the stored objects ({sums.to_json()})")
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+        problems.append(f"{site_id}: site group attributes missing or unreadable ({exc})")
+    return problems
 
 
 def _compare_index(plan: ConversionPlan, index: pd.DataFrame, skipped: Mapping[str, str], report: VerifyReport) -> None:

@@ -114,8 +114,10 @@ def synth(out: str, experiments: int, plates: int, wells: int, sites: int, size:
 @click.argument("dst")
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True,
               help="Codec profile (all lossless).")
-@click.option("--inner-chunks", default=",".join(map(str, DEFAULT_INNER_CHUNKS)), show_default=True,
-              help="Inner chunk shape Y,X inside each site's shard (partial reads).")
+@click.option("--inner-chunks", default=None,
+              help="Inner chunk shape Y,X inside each site's shard (partial reads); default: the profile's own "
+                   f"({','.join(map(str, DEFAULT_INNER_CHUNKS))} for {DEFAULT_PROFILE}).")
+@click.option("--level", type=int, default=None, help="Compression level; default: the profile's own.")
 @click.option("--pixel-size", type=float, default=None, help="Pixel size in micrometres (unknown for RxRx2).")
 @click.option("--experiments", default=None, help="Comma-separated experiments to convert.")
 @click.option("--plates", default=None, help="Comma-separated plate numbers to convert.")
@@ -133,7 +135,8 @@ def synth(out: str, experiments: int, plates: int, wells: int, sites: int, size:
 @click.option("--src-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for SRC only.")
 @click.option("--dst-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for DST only.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def convert(src: str, dst: str, profile: str, inner_chunks: str, pixel_size: float | None, experiments: str | None,
+def convert(src: str, dst: str, profile: str, inner_chunks: str | None, level: int | None, pixel_size: float | None,
+            experiments: str | None,
             plates: str | None, limit: int | None, no_pixels: bool, on_error: str, overwrite: bool, resume: bool,
             break_lock: bool, workers: int, processes: bool, scheduler: str | None, storage_option: Sequence[str],
             src_storage_option: Sequence[str], dst_storage_option: Sequence[str], quiet: bool) -> None:
@@ -146,7 +149,8 @@ def convert(src: str, dst: str, profile: str, inner_chunks: str, pixel_size: flo
 
     def build() -> Any:
         options = ConvertOptions(
-            profile=profile, inner_chunks=_chunks(inner_chunks), pixel_size=pixel_size,
+            profile=profile, inner_chunks=_chunks(inner_chunks) if inner_chunks else None, level=level,
+            pixel_size=pixel_size,
             experiments=_csv(experiments), plates=tuple(int(p) for p in plate_numbers) if plate_numbers else None,
             limit=limit, no_pixels=no_pixels, on_error=on_error,  # type: ignore[arg-type]
             overwrite=overwrite, resume=resume, break_lock=break_lock, workers=workers, processes=processes,
@@ -165,6 +169,50 @@ def convert(src: str, dst: str, profile: str, inner_chunks: str, pixel_size: flo
 @main.command()
 @click.argument("src")
 @click.argument("dst")
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True,
+              help="Codec profile of the new store.")
+@click.option("--inner-chunks", default=None, help="Inner chunk shape Y,X; default: the profile's own.")
+@click.option("--level", type=int, default=None, help="Compression level; default: the profile's own.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted transcode into DST.")
+@click.option("--break-lock", is_flag=True, help="Take over a lock held by a converter that is gone.")
+@click.option("--workers", default=1, show_default=True, help="Parallel workers (threads, or processes with --processes).")
+@click.option("--processes", is_flag=True, help="Run on a local Dask cluster of --workers processes.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster.")
+@storage_option_flags
+@click.option("--src-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for SRC only.")
+@click.option("--dst-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for DST only.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def transcode(src: str, dst: str, profile: str, inner_chunks: str | None, level: int | None, overwrite: bool,
+              resume: bool, break_lock: bool, workers: int, processes: bool, scheduler: str | None,
+              storage_option: Sequence[str], src_storage_option: Sequence[str], dst_storage_option: Sequence[str],
+              quiet: bool) -> None:
+    """Rewrite the store SRC as a new store DST with another codec profile (no PNGs needed); older layouts too.
+    Check the result with `rxrx2-zarr verify SRC DST`."""
+    from ._convert import ConvertOptions
+    from ._transcode import transcode as run
+
+    common = parse_storage_options(storage_option)
+
+    def build() -> Any:
+        options = ConvertOptions(
+            profile=profile, inner_chunks=_chunks(inner_chunks) if inner_chunks else None, level=level,
+            overwrite=overwrite, resume=resume, break_lock=break_lock, workers=workers, processes=processes,
+            scheduler=scheduler, progress=not quiet,
+            src_storage_options=_merge(common, parse_storage_options(src_storage_option)),
+            dst_storage_options=_merge(common, parse_storage_options(dst_storage_option)),
+        )
+        return run(src, dst, options)
+
+    report = _run(build)
+    click.echo(report.summary())
+    if report.skipped:
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
 @click.option("--sample", type=int, default=None, help="Compare the pixels of N random sites instead of all.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --sample draw.")
 @click.option("--workers", default=2, show_default=True, help="Threads decoding in parallel.")
@@ -174,7 +222,8 @@ def convert(src: str, dst: str, profile: str, inner_chunks: str, pixel_size: flo
 @click.option("--quiet", is_flag=True)
 def verify(src: str, dst: str, sample: int | None, seed: int, workers: int, storage_option: Sequence[str],
            src_storage_option: Sequence[str], dst_storage_option: Sequence[str], quiet: bool) -> None:
-    """Check DST against SRC: every pixel, checksums, NGFF metadata, index and embeddings."""
+    """Check DST against SRC (the RxRx2 tree, or the store DST was transcoded from): every pixel, thumbnail and
+    checksum, NGFF metadata, index and embeddings."""
     from ._verify import verify as run
 
     common = parse_storage_options(storage_option)

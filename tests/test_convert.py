@@ -92,7 +92,7 @@ def test_attributes_on_every_level(store: Path, source_tree: Path) -> None:
     assert root["counts"]["sites"] == len(index)
     assert root["counts"]["plates"] == 4 and root["counts"]["experiments"] == 2
     assert root["skipped"] == [] and root["checksum"] == "crc32c"
-    assert root["options"]["inner_chunks"] == [32, 32] and root["options"]["profile"] == "balanced"
+    assert root["options"]["inner_chunks"] == [32, 32] and root["options"]["profile"] == "standard"
     for experiment, rows in index.groupby("experiment"):
         exp = attrs(store, experiment)["rxrx2"]
         assert exp["experiment"] == experiment and exp["cell_type"] == "HUVEC" and exp["counts"]["sites"] == len(rows)

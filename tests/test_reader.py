@@ -118,11 +118,11 @@ def odd_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One realistic 1024 x 1024 site, default profile and inner chunks (256 x 256)."""
+    """One realistic 1024 x 1024 site, default profile, 256 x 256 inner chunks."""
     base = tmp_path_factory.mktemp("big")
     src, dst = base / "src", base / "big.zarr"
     synth(str(src), experiments=1, plates=1, wells=1, sites=1, size=1024, embedding_dim=4, seed=5)
-    convert(str(src), str(dst), ConvertOptions(progress=False))
+    convert(str(src), str(dst), ConvertOptions(progress=False, inner_chunks=(256, 256)))
     return src, dst
 
 
@@ -485,13 +485,6 @@ def test_to_xarray(ds: Dataset) -> None:
 # --- malformed stores are refused at open ------------------------------------------------------------------------
 
 
-def _inject_codec(store: Path) -> None:
-    def change(doc: dict[str, Any]) -> None:
-        doc["codecs"][1]["name"] = "evil.codec"
-
-    rewrite_json(store / "index" / "site_id" / "zarr.json", change)
-
-
 def _inject_site_codec(store: Path) -> None:
     # the reader cross-checks the first site's array document of the index
     first = store / str(open_store(str(store))._store.columns["path"][0]) / "zarr.json"
@@ -517,6 +510,21 @@ def _site_chain(doc: dict[str, Any]) -> None:
     doc["codecs"][0]["configuration"]["codecs"] = [{"name": "bytes"}, {"name": "crc32c"}]
 
 
+def _rewrite_parquet(store: Path, change: Callable[[pd.DataFrame], None]) -> None:
+    """A crafted store: the columnar index changed AND its recorded checksum updated to match, so that only the
+    reader's own checks of the values stand between it and a wrong read."""
+    import crc32c
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = store / "index.parquet"
+    frame = pq.read_table(path).to_pandas()
+    change(frame)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    checksum = crc32c.crc32c(path.read_bytes())
+    rewrite_json(store / "zarr.json", lambda doc: doc["attributes"]["rxrx2"]["index"].update(parquet_crc32c=checksum))
+
+
 def _inject_embeddings_codec(store: Path) -> None:
     def change(doc: dict[str, Any]) -> None:
         doc["codecs"].append({"name": "numcodecs.pickle"})
@@ -525,12 +533,10 @@ def _inject_embeddings_codec(store: Path) -> None:
 
 
 def _set_index_path(store: Path, row: int, value: str | None) -> None:
-    import zarr
+    def change(frame: pd.DataFrame) -> None:
+        frame.loc[row, "path"] = value if value is not None else frame.loc[row + 1, "path"]
 
-    array = zarr.open_array(str(store / "index" / "path"), mode="r+")
-    values = array[:]
-    values[row] = value if value is not None else values[row + 1]
-    array[:] = values
+    _rewrite_parquet(store, change)
 
 
 def _incomplete(store: Path) -> None:
@@ -550,11 +556,10 @@ def _pixels_not_bool(store: Path) -> None:
 
 
 MALFORMED: list[tuple[str, Callable[[Path], None], str]] = [
-    ("unknown codec in an index array", _inject_codec, "evil.codec"),
     ("unknown codec in a site array", _inject_site_codec, "numcodecs.pickle"),
     ("unknown codec in the embeddings", _inject_embeddings_codec, "numcodecs.pickle"),
     ("site array disagrees with the root", _change_first_site_document(_site_shape), "root attributes describe"),
-    ("site array chain not decodable", _change_first_site_document(_site_chain), "crc32c"),
+    ("site array chain not decodable", _change_first_site_document(_site_chain), "unsupported inner codec chain"),
     ("path leaving the store", lambda s: _set_index_path(s, 0, "../../../etc/passwd"), "etc/passwd"),
     ("path of another site", lambda s: _set_index_path(s, 0, None), "not where that site lives"),
     ("absolute path", lambda s: _set_index_path(s, 1, "/tmp/x/0"), "/tmp/x/0"),
@@ -562,8 +567,7 @@ MALFORMED: list[tuple[str, Callable[[Path], None], str]] = [
     ("unknown layout version", _future_layout, "layout version 99"),
     ("zarr group of another kind", _not_rxrx2, "not an rxrx2-zarr store"),
     ("pixels flag not a boolean", _pixels_not_bool, "pixels"),
-    ("index chunk missing", lambda s: (s / "index" / "site_id" / "c" / "0").unlink(), "site_id"),
-    ("index chunk corrupt", lambda s: (s / "index" / "plate" / "c" / "0").write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 9), "plate"),
+    ("index column of the wrong type", lambda s: _rewrite_parquet(s, lambda f: f.__setitem__("plate", f["plate"].astype(str))), "plate"),
     ("root document missing", lambda s: (s / "zarr.json").unlink(), "zarr.json"),
 ]
 
@@ -576,6 +580,28 @@ def test_open_refuses_malformed_stores(
     damage(copy)
     with pytest.raises(StoreFormatError, match=re.escape(message)):
         open_store(str(copy))
+
+
+DAMAGED: list[tuple[str, Callable[[Path], None], str]] = [
+    ("columnar index missing", lambda s: (s / "index.parquet").unlink(), "index.parquet: missing"),
+    ("columnar index bit flip", lambda s: _flip(None)(s / "index.parquet"), "index.parquet: fails the crc32c"),
+    ("embeddings chunk missing", lambda s: (s / "embeddings" / "c" / "0" / "0").unlink(), "chunk is missing"),
+    ("embeddings bit flip", lambda s: _flip(30)(s / "embeddings" / "c" / "0" / "0"), "crc32c"),
+    ("embeddings array missing", lambda s: shutil.rmtree(s / "embeddings"), "8-dim embeddings"),
+]
+
+
+@pytest.mark.parametrize(("damage", "message"), [(d, m) for _, d, m in DAMAGED], ids=[n for n, _, _ in DAMAGED])
+def test_damaged_index_or_embeddings_is_an_error(
+    store: Path, copy_tree: Callable[[Path], Path], damage: Callable[[Path], None], message: str
+) -> None:
+    """Missing or corrupt index and embeddings data raise ChunkReadError: never blank treatments, NaN
+    concentrations or a different number."""
+    copy = copy_tree(store)
+    damage(copy)
+    with pytest.raises(ChunkReadError, match=re.escape(message)):
+        dataset = open_store(str(copy))
+        dataset.embeddings  # noqa: B018  (read on first use)
 
 
 def test_open_refuses_plain_zarr_group(tmp_path: Path) -> None:
@@ -600,42 +626,100 @@ def _flip(offset_from_end: int | None) -> Callable[[Path], None]:
     return damage
 
 
+def _swap_with_neighbour(path: Path) -> None:
+    """Put another site's (valid) shard in place of this one."""
+    site = path.parents[4]
+    other = site.parent / ("2" if site.name == "1" else "1") / "0" / "c" / "0" / "0" / "0"
+    path.write_bytes(other.read_bytes())
+
+
+def _rewrite_index(path: Path) -> None:
+    """Swap two entries of the shard index and give it a valid CRC32C of its own: a crafted, self-consistent
+    shard whose chunks land in the wrong places."""
+    import crc32c
+
+    data = bytearray(path.read_bytes())
+    n = 6 * 3 * 3
+    start = len(data) - (16 * n + 4)
+    index = np.frombuffer(bytes(data[start:-4]), dtype="<u8").reshape(n, 2).copy()
+    index[[0, 1]] = index[[1, 0]]
+    body = index.tobytes()
+    data[start:] = body + crc32c.crc32c(body).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
 SHARD_DAMAGE: dict[str, Callable[[Path], None]] = {
     "missing": lambda p: p.unlink(),
     "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
     "tiny": lambda p: p.write_bytes(b"\x00" * 7),
     "index flipped": _flip(40),
     "data flipped": _flip(None),
+    "first byte flipped": lambda p: _flip(p.stat().st_size)(p),
     "replaced by a directory": lambda p: (p.unlink(), p.mkdir()),
+    "swapped with another site's": _swap_with_neighbour,
+    "index rewritten consistently": _rewrite_index,
 }
 
 
 @pytest.mark.parametrize("kind", list(SHARD_DAMAGE))
 def test_damaged_shard_raises_chunk_read_error(store: Path, copy_tree: Callable[[Path], Path], kind: str) -> None:
+    """Every read path (full, channels, region, dask, batch, dataset item, RGB) raises ChunkReadError naming the
+    site and the object: never wrong pixels."""
     copy = copy_tree(store)
     dataset = open_store(str(copy))
     site_id = dataset.site_ids[4]
+    assert site_id.endswith("_1")  # its neighbour, site 2 of the same well, is what the swap copies
     shard = shard_file(copy, dataset, site_id)
     key = shard.relative_to(copy).as_posix()
     SHARD_DAMAGE[kind](shard)
     readers: list[Callable[[], object]] = [
         lambda: dataset.site(site_id),
+        lambda: dataset.site(site_id, parallel=False),
         lambda: dataset.images[4].compute(),
         lambda: dataset.read([dataset.site_ids[0], site_id]),
         lambda: dataset[4],
+        lambda: dataset.read(site_id, channels=[1, 2, 3, 4, 5, 6]),
+        lambda: dataset.read(site_id, region=(0, 96, 0, 96)),
+        lambda: dataset.read(site_id, channels=[6, 5, 4, 3, 2, 1], region=(0, 96, 0, 96)),
+        lambda: dataset.to_rgb(site_id),
     ]
+    if kind != "data flipped":  # a crop of other chunks than the damaged one reads right pixels, rightly
+        readers.append(lambda: dataset.read(site_id, channels=[1], region=(0, 40, 0, 40)))
     for read in readers:
         with pytest.raises(ChunkReadError) as info:
             read()
         assert site_id in str(info.value) and key in str(info.value)
-    # a crop reads the index too: missing, truncated or index damage is reported the same way (damage inside a
-    # chunk is only certain to be caught by a full read, which checks the pixels' checksum)
-    if kind != "data flipped":
-        with pytest.raises(ChunkReadError, match=site_id):
-            dataset.read(site_id, region=(0, 32, 0, 32))
     # other sites are unaffected
     other = dataset.site_ids[0]
     assert dataset.site(other).shape == (6, 96, 96)
+
+
+THUMBNAIL_DAMAGE: dict[str, Callable[[Path], None]] = {
+    "missing": lambda p: p.unlink(),
+    "bit flip": _flip(None),
+    "swapped with another site's": lambda p: p.write_bytes((p.parents[5] / "2" / "1" / "c" / "0" / "0" / "0").read_bytes()),
+}
+
+
+@pytest.mark.parametrize("kind", list(THUMBNAIL_DAMAGE))
+def test_damaged_thumbnail_raises(store: Path, copy_tree: Callable[[Path], Path], kind: str) -> None:
+    copy = copy_tree(store)
+    dataset = open_store(str(copy))
+    site_id = dataset.site_ids[4]
+    thumb = shard_file(copy, dataset, site_id).parents[4] / "1" / "c" / "0" / "0" / "0"
+    THUMBNAIL_DAMAGE[kind](thumb)
+    with pytest.raises(ChunkReadError, match=re.escape(site_id)):
+        dataset.thumbnails(site_id)
+
+
+def test_thumbnails_are_block_means(ds: Dataset, source_tree: Path) -> None:
+    from rxrx2_zarr._shard import thumbnail
+
+    ids = ds.site_ids[:3]
+    thumbs = ds.thumbnails(ids)
+    assert thumbs.shape == (3, 6, 12, 12)
+    for k, site_id in enumerate(ids):
+        np.testing.assert_array_equal(thumbs[k], thumbnail(png_pixels(source_tree, site_id), 8))
 
 
 def test_to_rgb_on_dataset_reads_channels(ds: Dataset) -> None:
@@ -657,6 +741,8 @@ def test_open_missing_path(tmp_path: Path) -> None:
 
 
 def test_no_embeddings(store: Path, copy_tree: Callable[[Path], Path]) -> None:
+    """A store made from a source without embeddings.csv has no embeddings array (and records 0 dimensions)."""
     copy = copy_tree(store)
     shutil.rmtree(copy / "embeddings")
+    rewrite_json(copy / "zarr.json", lambda doc: doc["attributes"]["rxrx2"]["counts"].update(embedding_dim=0))
     assert open_store(str(copy)).embeddings is None
