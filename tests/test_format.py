@@ -1,0 +1,134 @@
+"""Layout 2 as other tools see it (xarray, pandas on the columnar index) and `transcode` from older stores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rxrx2_zarr import ConvertOptions, StoreFormatError, verify
+from rxrx2_zarr import open as open_store
+from rxrx2_zarr._layout import INDEX_COLUMNS, LAYOUT_VERSION, PROFILES
+from rxrx2_zarr._transcode import transcode
+
+LAYOUT1 = Path(__file__).parent / "data" / "layout1"
+
+
+def test_columnar_index_opens_in_pandas(store: Path) -> None:
+    """``index.parquet`` is plain Parquet: pandas reads the same table as ``open().sites`` (blank doses as NaN)."""
+    frame = pd.read_parquet(store / "index.parquet")
+    assert list(frame.columns) == list(INDEX_COLUMNS)
+    sites = open_store(str(store)).sites
+    assert frame["site_id"].tolist() == sites["site_id"].tolist()
+    pd.testing.assert_series_equal(
+        frame["treatment_conc"].astype("float64"), sites["treatment_conc"].reset_index(drop=True), check_names=False
+    )
+    assert frame.loc[frame["treatment"] == "EMPTY", "treatment_conc"].isna().all()
+    assert (frame["checksum"] > 0).all() and (frame["shard_checksum"] > 0).all()
+
+
+def test_xarray_opens_the_index_and_the_tree(store: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    index = xr.open_zarr(str(store), group="index", consolidated=False)
+    # the metadata column `site` (field number in the well) shares its name with the dimension: xarray makes it
+    # the dimension's coordinate
+    assert set(index.data_vars) | set(index.coords) == set(INDEX_COLUMNS)
+    assert index.sizes == {"site": len(open_store(str(store)))}
+    embeddings = xr.open_zarr(str(store), consolidated=False)["embeddings"]
+    assert embeddings.dims == ("site", "feature")
+    assert "embeddings" in xr.open_zarr(str(store), consolidated=False)
+    tree = xr.open_datatree(str(store), group="index", engine="zarr", consolidated=False)
+    assert set(tree.ds.data_vars) | set(tree.ds.coords) == set(INDEX_COLUMNS)
+    # The whole tree does not open: NGFF 0.5 requires every multiscale level to carry the axes' names (c, y, x),
+    # and xarray refuses two arrays of one group whose same-named dimensions differ in length (levels 0 and 1).
+    # That holds for every OME-Zarr image with more than one level; Dataset.to_xarray() is the xarray view.
+    with pytest.raises(ValueError, match="conflicting sizes for dimension"):
+        xr.open_datatree(str(store), engine="zarr", consolidated=False)
+
+
+def test_root_records_readers_and_levels(store: Path) -> None:
+    attrs = json.loads((store / "zarr.json").read_text())["attributes"]["rxrx2"]
+    assert attrs["layout_version"] == LAYOUT_VERSION
+    assert attrs["readers"] == PROFILES["standard"].readers and "any Zarr v3 reader" in attrs["readers"]
+    assert attrs["levels"] == {"0": 1, "1": 8}
+    site_group = store / str(open_store(str(store)).sites["site_id"].iloc[0]).replace("_", "/")
+    del site_group  # the path grammar is tested elsewhere; the multiscales below are what viewers read
+    first = open_store(str(store))._store.columns["path"][0].rsplit("/", 1)[0]
+    multiscales = json.loads((store / first / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
+    assert [d["path"] for d in multiscales["datasets"]] == ["0", "1"]
+    assert multiscales["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 8.0, 8.0]
+
+
+def test_layout1_store_is_refused_with_transcode_named() -> None:
+    with pytest.raises(StoreFormatError, match="rxrx2-zarr transcode"):
+        open_store(str(LAYOUT1 / "balanced.zarr"))
+    report = verify(str(LAYOUT1 / "src"), str(LAYOUT1 / "balanced.zarr"))
+    assert not report.ok and "transcode" in report.problems[0]
+
+
+def test_transcode_layout1_balanced_to_default(tmp_path: Path) -> None:
+    """A pcodec store made by an earlier version becomes a default (core-codec) store that verifies against the
+    source store and against the PNGs, without reading a PNG to make it."""
+    source = tmp_path / "old.zarr"
+    shutil.copytree(LAYOUT1 / "balanced.zarr", source)
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    dst = tmp_path / "new.zarr"
+    report = transcode(str(source), str(dst), ConvertOptions(progress=False, workers=2))
+    assert report.converted == 4
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before  # the source is only read
+    new = open_store(str(dst))
+    assert new.spec.profile == "standard"
+    for against in (str(source), str(LAYOUT1 / "src")):
+        result = verify(against, str(dst))
+        assert result.ok, result.summary()
+        assert result.pixels_checked == 4
+    assert new.embeddings is not None and new.embeddings.shape == (4, 4)
+    assert new.embedding_features == tuple(f"feature_{i}" for i in range(4))
+
+
+def test_transcode_between_profiles_and_back(store: Path, tmp_path: Path, source_tree: Path) -> None:
+    compact = tmp_path / "compact.zarr"
+    transcode(str(store), str(compact), ConvertOptions(profile="compact", progress=False, inner_chunks=(32, 32)))
+    back = tmp_path / "back.zarr"
+    transcode(str(compact), str(back), ConvertOptions(progress=False, inner_chunks=(32, 32), level=5))
+    original, roundtrip = open_store(str(store)), open_store(str(back))
+    ids = original.site_ids
+    np.testing.assert_array_equal(original.read(ids), roundtrip.read(ids))
+    assert roundtrip.attrs["options"]["level"] == 5
+    assert verify(str(source_tree), str(back)).ok
+    with pytest.raises(FileExistsError, match="destination exists"):
+        transcode(str(compact), str(back), ConvertOptions(progress=False))
+
+
+def test_transcode_resumes(store: Path, tmp_path: Path) -> None:
+    """An interrupted transcode (here: two sites' markers removed, as a kill would leave them) resumes."""
+    dst = tmp_path / "t.zarr"
+    transcode(str(store), str(dst), ConvertOptions(progress=False, inner_chunks=(32, 32)))
+    dataset = open_store(str(dst))
+    groups = [dst / p.rsplit("/", 1)[0] / "zarr.json" for p in dataset._store.columns["path"][:2]]
+    for group in groups:
+        group.unlink()
+    root = dst / "zarr.json"
+    doc = json.loads(root.read_text())
+    doc["attributes"]["rxrx2"]["complete"] = False
+    root.write_text(json.dumps(doc))
+    report = transcode(str(store), str(dst), ConvertOptions(progress=False, inner_chunks=(32, 32), resume=True))
+    assert report.converted == 2 and report.resumed_skipped == len(dataset) - 2
+    assert verify(str(store), str(dst)).ok
+
+
+def test_verify_checks_thumbnails(store: Path, copy_tree: Callable[[Path], Path], source_tree: Path) -> None:
+    """A thumbnail rewritten with valid codecs but wrong pixels is caught by verify (through zarr-python)."""
+    import zarr
+
+    copy = copy_tree(store)
+    path = open_store(str(copy))._store.columns["path"][3].rsplit("/", 1)[0] + "/1"
+    array = zarr.open_array(str(copy / path), mode="r+")
+    array[0, 0, 0] = int(array[0, 0, 0]) ^ 1
+    report = verify(str(source_tree), str(copy))
+    assert not report.ok and any("thumbnail" in p for p in report.problems), report.summary()
