@@ -132,3 +132,15 @@ def test_verify_checks_thumbnails(store: Path, copy_tree: Callable[[Path], Path]
     array[0, 0, 0] = int(array[0, 0, 0]) ^ 1
     report = verify(str(source_tree), str(copy))
     assert not report.ok and any("thumbnail" in p for p in report.problems), report.summary()
+
+
+def test_dry_run_estimates_and_writes_nothing(source_tree: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rxrx2_zarr.cli import main
+
+    dst = tmp_path / "never.zarr"
+    result = CliRunner().invoke(main, ["convert", str(source_tree), str(dst), "--dry-run", "--profile", "zstd"])
+    assert result.exit_code == 0, result.output
+    assert "CPU-hours for the whole release (131,953 sites)" in result.output and "zstd, level 3" in result.output
+    assert not dst.exists()
