@@ -32,6 +32,7 @@ __all__ = [
     "INDEX_COLUMNS",
     "INDEX_STRING_COLUMNS",
     "LAYOUT_VERSION",
+    "MIN_INNER_CHUNK",
     "NGFF_VERSION",
     "PROFILES",
     "CodecProfile",
@@ -55,6 +56,9 @@ INDEX_STRING_COLUMNS: tuple[str, ...] = (*STRING_COLUMNS, "path")
 #: Checksum of a site's pixels: CRC32C (Castagnoli) of the C-order uint8 (6, H, W) bytes, as an unsigned int.
 CHECKSUM_ALGORITHM = "crc32c"
 DEFAULT_INNER_CHUNKS = (256, 256)
+#: Smallest inner chunk edge accepted: below it a 1024 x 1024 site becomes tens of thousands of chunks (1 x 1:
+#: six million), each with its own codec call and index entry, for no partial-read gain.
+MIN_INNER_CHUNK = 16
 DEFAULT_PROFILE = "balanced"
 # Sanity bound for site sizes (RxRx2: 1024); anything larger is almost certainly a corrupt header.
 MAX_SITE_EDGE = 16384
@@ -174,8 +178,10 @@ class SiteArraySpec:
         for name, edge in (("height", self.height), ("width", self.width)):
             if not isinstance(edge, int) or not 1 <= edge <= MAX_SITE_EDGE:
                 raise ValueError(f"site {name} must be 1..{MAX_SITE_EDGE}, got {edge!r}")
-        if len(self.inner_chunks) != 2 or any(not isinstance(v, int) or v < 1 for v in self.inner_chunks):
-            raise ValueError(f"inner chunks must be two positive integers (Y, X), got {self.inner_chunks!r}")
+        if len(self.inner_chunks) != 2 or any(not isinstance(v, int) or v < MIN_INNER_CHUNK for v in self.inner_chunks):
+            raise ValueError(
+                f"inner chunks must be two integers of at least {MIN_INNER_CHUNK} (Y, X), got {self.inner_chunks!r}"
+            )
         if self.profile not in PROFILES:
             raise ValueError(f"unknown codec profile {self.profile!r}; choose one of {sorted(PROFILES)}")
         if self.pixel_size is not None and not (math.isfinite(self.pixel_size) and self.pixel_size > 0):
