@@ -112,7 +112,7 @@ def _experiment_error(name: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class WellAddress:
     """A well on the 1536-well grid: ``row`` letters (``A``..``AF``) and 1-based ``column`` (1..48)."""
 
@@ -157,7 +157,7 @@ def _positive(value: int, what: str) -> None:
         raise PathGrammarError(f"invalid {what} {value!r}: expected a positive integer (1..{INT32_MAX})")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class SiteKey:
     """One site (field of view): experiment, plate, well and site number."""
 
@@ -188,11 +188,16 @@ class SiteKey:
         if channels is not CHANNELS:
             for c in channels:
                 _positive(c, "channel")
-        stem = f"images/{self.experiment}/Plate{self.plate}/{self.well}_s{self.site}_w"
+        stem = self.image_stem
         return [f"{stem}{c}.png" for c in channels]
 
+    @property
+    def image_stem(self) -> str:
+        """This site's image paths up to the channel number: ``images/HUVEC-1/Plate1/AA02_s2_w``."""
+        return f"images/{self.experiment}/Plate{self.plate}/{self.well}_s{self.site}_w"
 
-@dataclass(frozen=True, order=True)
+
+@dataclass(frozen=True, order=True, slots=True)
 class ImageKey:
     """One PNG of the source tree: a site and a channel number."""
 

@@ -48,7 +48,7 @@ class Skip:
         return {"site_id": self.site_id, "reason": self.reason}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SiteItem:
     """What one conversion task needs to know about its site (small: it is shipped to workers)."""
 
@@ -58,7 +58,14 @@ class SiteItem:
     group: str
     array: str
     shard: str
-    sources: tuple[str, ...]
+    source_stem: str
+    """The site's PNG paths without the channel number and suffix (``images/HUVEC-1/Plate1/AA02_s2_w``): six
+    full paths per site would be the largest part of a million-site plan."""
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The site's six PNG paths, relative to the source root, channel 1 first."""
+        return tuple(f"{self.source_stem}{c}.png" for c in CHANNELS)
 
 
 @dataclass(frozen=True)
@@ -230,7 +237,7 @@ def make_plan(
 
     embeddings, features, missing_embeddings = _embeddings(src, metadata, selected, on_error, warnings)
     items = tuple(
-        SiteItem(i, k.site_id, k.site, p.site, p.array, p.shard, tuple(k.image_paths()))
+        SiteItem(i, k.site_id, k.site, p.site, p.array, p.shard, k.image_stem)
         for i, (k, p) in enumerate((k, site_paths(k)) for k in keys)
     )
     selected = selected.assign(path=[item.array for item in items])

@@ -372,10 +372,11 @@ def load_embeddings(
     np.greater(np.abs(values, where=finite, out=np.zeros_like(values)), FLOAT32_MAX, out=too_large)
     bad_rows, bad_cols = np.nonzero(~finite | too_large)
     for r, c in zip(bad_rows[:MAX_LISTED], bad_cols[:MAX_LISTED], strict=True):
-        what = "out of float32 range" if too_large[r, c] else "not a finite number"
+        what = f"out of float32 range (|x| > {FLOAT32_MAX:.8g})" if too_large[r, c] else "not a finite number"
+        cell = frame.iloc[r, c + 1]
+        shown = repr(cell) if isinstance(cell, str) else repr(str(float(cell)))  # a parsed number: as Python spells it
         problems.add(
-            f"line {_line(int(r), line_of)} (site_id {frame.iloc[r, 0]!r}): column {features[c]!r}: {what}: "
-            f"{frame.iloc[r, c + 1]!r}"
+            f"line {_line(int(r), line_of)} (site_id {frame.iloc[r, 0]!r}): column {features[c]!r}: {what}: {shown}"
         )
     problems.total += max(0, len(bad_rows) - MAX_LISTED)
     ids = frame.iloc[:, 0].astype(str)

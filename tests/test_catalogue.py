@@ -220,7 +220,7 @@ def test_embedding_beyond_float32_is_an_error(value: str, src: Path, tmp_path: P
         warnings.simplefilter("error")
         refused(
             src, tmp_path / "out.zarr", MetadataError,
-            "embeddings.csv", "line 4", repr(site_id), "'feature_2'", "out of float32 range", repr(value),
+            "embeddings.csv", "line 4", repr(site_id), "'feature_2'", "out of float32 range", repr(str(float(value))),
         )
 
 
@@ -318,8 +318,13 @@ def _fifo_link(path: Path) -> None:
 def _socket(path: Path) -> None:
     path.unlink()
     server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.close()
+    cwd = os.getcwd()
+    os.chdir(path.parent)  # a relative name: socket paths are limited to ~107 bytes
+    try:
+        server.bind(path.name)
+    finally:
+        os.chdir(cwd)
+        server.close()
 
 
 SPECIAL: dict[str, tuple[Callable[[Path], None], str]] = {
@@ -335,8 +340,6 @@ SPECIAL: dict[str, tuple[Callable[[Path], None], str]] = {
 def test_special_file_in_place_of_a_png(kind: str, channel: int, src: Path, tmp_path: Path) -> None:
     make, what = SPECIAL[kind]
     victim = image(src, first_site(src), channel)
-    if kind == "socket" and len(str(victim)) > 100:
-        pytest.skip("path too long for a Unix socket")
     make(victim)
     name = str(victim.relative_to(src))
     in_time(lambda: refused(src, tmp_path / "out.zarr", SourceError, first_site(src), name, what, "not a regular file"))
@@ -477,7 +480,7 @@ def test_png_cut_short_is_still_truncated(src: Path) -> None:
 @pytest.mark.parametrize("value", ["1,a", "0", "1,-2", "x"])
 def test_plates_option_names_the_bad_value(value: str, src: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "out.zarr"), "--plates", value])
-    assert result.exit_code == 2 and "Invalid value for '--plates'" in result.output, result.output
+    assert result.exit_code == 2 and "Invalid value for --plates" in result.output, result.output
     bad = next(v for v in value.split(",") if not (v.isdigit() and int(v) > 0))
     assert repr(bad) in result.output and "invalid literal" not in result.output
     assert not (tmp_path / "out.zarr").exists()
@@ -520,7 +523,8 @@ def test_disk_full_names_the_object_then_resume_completes(src: Path, tmp_path: P
     key = f"{shard.experiment}/Plate{shard.plate}/{shard.well.row}/{shard.well.column_name}/{shard.site}/0/c/0/0/0"
     assert info.value.errno == errno.ENOSPC and key in message and str(dst) in message, message
     assert not list(dst.rglob("*.partial"))  # the temporary file of the failed write is gone
-    result = CliRunner().invoke(main, ["convert", str(src), str(dst), "--resume", "--quiet"])
+    flags = ["--resume", "--quiet", "--inner-chunks", "32,32", "--profile", "fast"]
+    result = CliRunner().invoke(main, ["convert", str(src), str(dst), *flags])
     assert result.exit_code == 2 and key in result.output  # the CLI says the same, no traceback
     state["full"] = False  # space freed: resume completes the store
     convert(str(src), str(dst), options(resume=True))
