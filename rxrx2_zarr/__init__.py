@@ -11,9 +11,11 @@ from ._errors import (
     RxRx2ZarrError,
     SiteNotFoundError,
     SourceError,
+    SpecialFileError,
     StoreExistsError,
     StoreFormatError,
     StoreLockedError,
+    StoreWriteError,
     VerificationError,
 )
 from ._info import InfoReport, info
@@ -42,9 +44,11 @@ __all__ = [
     "SiteKey",
     "SiteNotFoundError",
     "SourceError",
+    "SpecialFileError",
     "StoreExistsError",
     "StoreFormatError",
     "StoreLockedError",
+    "StoreWriteError",
     "SynthReport",
     "VerificationError",
     "VerifyReport",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _fs, _lock
-from ._errors import ImageError, StoreExistsError, StoreFormatError
-from ._execute import ExecutionConfig, run_tasks
+from ._errors import ImageError, SpecialFileError, StoreExistsError, StoreFormatError
+from ._execute import ExecutionConfig, check_scheduler, run_tasks
 from ._hierarchy import SiteChecksums, dump, site_document, static_documents
 from ._layout import (
     DEFAULT_PROFILE,
@@ -47,6 +48,7 @@ from ._layout import (
     INDEX_STRING_COLUMNS,
     LAYOUT_VERSION,
     LEVEL,
+    MIN_INNER_CHUNK,
     PROFILES,
     SHARD_KEY,
     THUMBNAIL_FACTOR,
@@ -104,6 +106,13 @@ class ConvertOptions:
             raise ValueError("overwrite and resume are mutually exclusive")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if (self.inner_chunks is not None and len(self.inner_chunks) != 2) or any(
+            not isinstance(v, int) or isinstance(v, bool) or v < MIN_INNER_CHUNK for v in self.inner_chunks or ()
+        ):
+            raise ValueError(
+                f"inner chunks must be two integers of at least {MIN_INNER_CHUNK} (Y, X), got {self.inner_chunks!r}: "
+                "smaller chunks make a site thousands of objects to encode and index"
+            )
         # validates workers too
         ExecutionConfig(self.workers, self.processes, self.scheduler)
 
@@ -126,8 +135,8 @@ class PngSource:
     url: str
     options: Mapping[str, Any]
 
-    def read(self, item: SiteItem, size: tuple[int, int]) -> tuple[Pixels, int]:
-        return read_site_pixels(_store_for(self.url, self.options), item, size)
+    def read(self, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None) -> tuple[Pixels, int]:
+        return read_site_pixels(_store_for(self.url, self.options), item, size, notes)
 
 
 @dataclass(frozen=True)
@@ -147,8 +156,9 @@ class SiteJob:
 class PixelSource(Protocol):
     """What a site task reads pixels from: the PNG tree (``convert``) or another store (``transcode``)."""
 
-    def read(self, item: SiteItem, size: tuple[int, int]) -> tuple[Pixels, int]:
-        """The site's (6, H, W) pixels and the number of source bytes read; ImageError names a bad site."""
+    def read(self, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None) -> tuple[Pixels, int]:
+        """The site's (6, H, W) pixels and the number of source bytes read; ImageError names a bad site; warnings
+        about the source (which do not stop the site) are appended to ``notes``."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,8 @@ class SiteResult:
     png_bytes: int
     stored_bytes: int
     skip: Skip | None = None
+    notes: tuple[str, ...] = ()
+    """Warnings about the site's source files (trailing bytes after a PNG's IEND)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -170,8 +182,11 @@ def _store_for(url: str, options: Mapping[str, Any]) -> StoreIO:
     return _store(url, json.dumps(dict(options), sort_keys=True, default=str))
 
 
-def read_site_pixels(src: StoreIO, item: SiteItem, size: tuple[int, int]) -> tuple[Pixels, int]:
-    """Read and decode a site's six PNGs into (6, H, W); returns the pixels and the PNG bytes read."""
+def read_site_pixels(
+    src: StoreIO, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None
+) -> tuple[Pixels, int]:
+    """Read and decode a site's six PNGs into (6, H, W); returns the pixels and the PNG bytes read. Warnings about
+    the files (see :func:`decode_png`) are appended to ``notes``."""
     pixels = np.empty((len(item.sources), *size), dtype=np.uint8)
     total = 0
     for channel, path in enumerate(item.sources):
@@ -179,11 +194,13 @@ def read_site_pixels(src: StoreIO, item: SiteItem, size: tuple[int, int]) -> tup
             data = src.read(path)
         except FileNotFoundError:
             raise ImageError(f"{path}: missing (site {item.site_id})") from None
+        except SpecialFileError as exc:  # a FIFO or device swapped in after planning: refused, never blocks
+            raise ImageError(f"{exc} (site {item.site_id})") from None
         except (PermissionError, IsADirectoryError) as exc:
             # a problem of this file, unlike other OSErrors (network, disk) which must stop the run, not skip sites
             raise ImageError(f"{path}: cannot be read: {exc.strerror or exc} (site {item.site_id})") from None
         total += len(data)
-        pixels[channel] = decode_png(data, path, size)
+        pixels[channel] = decode_png(data, path, size, notes)
     return pixels, total
 
 
@@ -209,14 +226,15 @@ def write_site(dst: StoreIO, spec: SiteArraySpec, item: SiteItem, pixels: Pixels
 def convert_site(job: SiteJob, item: SiteItem) -> SiteResult:
     """Convert one site: read its pixels from the source, write it (:func:`write_site`)."""
     dst = _store_for(job.dst_url, job.dst_options)
+    notes: list[str] = []
     try:
-        pixels, source_bytes = job.source.read(item, (job.spec.height, job.spec.width))
+        pixels, source_bytes = job.source.read(item, (job.spec.height, job.spec.width), notes)
     except ImageError as exc:
         if job.on_error == "skip":
             return SiteResult(item.position, item.site_id, None, 0, 0, Skip(item.site_id, str(exc)))
         raise
     sums, stored = write_site(dst, job.spec, item, pixels)
-    return SiteResult(item.position, item.site_id, sums, source_bytes, stored)
+    return SiteResult(item.position, item.site_id, sums, source_bytes, stored, notes=tuple(notes))
 
 
 @functools.lru_cache(maxsize=4)
@@ -344,6 +362,21 @@ def _is_partial(key: str) -> bool:
     return key.endswith(_lock.PARTIAL_SUFFIX)
 
 
+# What a converter killed before its root document can leave at the root: its lock, and the temporary objects of
+# the lock and of the root document (StoreIO.write and _lock name them <name>.<32 hex digits>[.stale].partial).
+_OWN_ROOT_ENTRY = re.compile(
+    rf"^(?:{re.escape(_lock.LOCK_KEY)}|(?:{re.escape(_lock.LOCK_KEY)}|zarr\.json)\.[0-9a-f]{{32}}(?:\.stale)?"
+    rf"{re.escape(_lock.PARTIAL_SUFFIX)})$"
+)
+
+
+def _foreign_entries(dst: StoreIO) -> list[str]:
+    """Entries of a destination without a root document that are not what an interrupted converter leaves there
+    (so a directory of the user's own ``*.partial`` files, or any subdirectory, is never taken for a store)."""
+    names = sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in dst.fs.ls(dst.root, detail=False))
+    return [n for n in names if not _OWN_ROOT_ENTRY.match(n) or dst.fs.isdir(_fs.join(dst.root, n))]
+
+
 def _prepare_destination(dst: StoreIO, options: ConvertOptions, fingerprint: Mapping[str, Any]) -> bool:
     """Check the destination before writing anything. Returns True when resuming an existing store."""
     if dst.is_empty_or_missing():
@@ -360,10 +393,12 @@ def _prepare_destination(dst: StoreIO, options: ConvertOptions, fingerprint: Map
         # No root document: either a converter killed before writing it (the root is the first object written
         # after the lock and the last one removed by --overwrite, so only its lock and temporary objects are
         # there) or something that is not ours.
-        if any(not _is_partial(k) and k != _lock.LOCK_KEY for k in dst.find()):
+        foreign = _foreign_entries(dst)
+        if foreign:
             raise StoreExistsError(
-                f"{dst.url}: exists but is not an rxrx2-zarr store (no zarr.json); refusing to "
-                f"{'resume into' if options.resume else 'replace'} it"
+                f"{dst.url}: exists but is not an rxrx2-zarr store (no zarr.json, and it holds "
+                f"{', '.join(repr(n) for n in foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which this package "
+                f"did not write); refusing to {'resume into' if options.resume else 'replace'} it"
             )
         return False
     if options.overwrite:
@@ -484,6 +519,8 @@ def run_conversion(
                     "(no --processes or --scheduler)"
                 )
     # Every refusal happens here, before the first write: a refused run leaves the destination untouched.
+    if options.scheduler and not options.no_pixels:
+        check_scheduler(options.scheduler)  # an unreachable cluster fails now, not after the root is written
     take_over = options.resume or options.overwrite
     _lock.check(store, take_over_dead=take_over, break_lock=options.break_lock)
     resuming = _prepare_destination(store, options, fingerprint)
@@ -554,7 +591,7 @@ def run_conversion(
         seconds=time.perf_counter() - started,
         extra_files=plan.extra_files,
         embeddings_missing=int(counts["embeddings_missing"]),
-        warnings=plan.warnings,
+        warnings=plan.warnings + tuple(n for r in sorted(results.values(), key=lambda r: r.position) for n in r.notes),
         pixels=not options.no_pixels,
         execution=options.execution.describe(),
     )

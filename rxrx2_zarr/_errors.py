@@ -16,9 +16,11 @@ __all__ = [
     "RxRx2ZarrError",
     "SiteNotFoundError",
     "SourceError",
+    "SpecialFileError",
     "StoreExistsError",
     "StoreFormatError",
     "StoreLockedError",
+    "StoreWriteError",
     "VerificationError",
 ]
 
@@ -43,12 +45,22 @@ class SourceError(RxRx2ZarrError, FileNotFoundError):
     """The source tree lacks something it must have (metadata file, an image of a site)."""
 
 
+class SpecialFileError(RxRx2ZarrError, OSError):
+    """A path names a FIFO, device, socket or directory (or a symlink to one) where a regular file is expected;
+    refused without reading it (a FIFO would block forever)."""
+
+
 class StoreExistsError(RxRx2ZarrError, FileExistsError):
     """The destination exists and neither overwrite nor resume was asked for, or resume does not match it."""
 
 
 class StoreLockedError(RxRx2ZarrError, RuntimeError):
     """Another converter holds the destination's lock."""
+
+
+class StoreWriteError(RxRx2ZarrError, OSError):
+    """Writing an object failed in a way that retrying cannot fix (disk full, quota); the message names the object
+    and the store, ``errno`` is the original one."""
 
 
 class StoreFormatError(RxRx2ZarrError, ValueError):

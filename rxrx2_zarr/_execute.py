@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from ._errors import RxRx2ZarrError
 
-__all__ = ["ExecutionConfig", "run_tasks"]
+__all__ = ["ExecutionConfig", "check_scheduler", "run_tasks"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,6 +92,14 @@ def _client(config: ExecutionConfig) -> Iterator[Any]:
             dist.Client(cluster, set_as_default=False) as client,
         ):
             yield client
+
+
+def check_scheduler(address: str) -> None:
+    """Connect to the Dask scheduler at ``address`` and disconnect: raise :class:`OSError` naming the address if
+    it cannot be reached (within distributed's connect timeout, ``distributed.comm.timeouts.connect``). The
+    converter calls this before it writes anything, so an unreachable cluster leaves the destination untouched."""
+    with _client(ExecutionConfig(scheduler=address)):
+        pass
 
 
 def run_tasks(

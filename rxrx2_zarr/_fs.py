@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import inspect
 import os
+import stat
 from collections.abc import Mapping
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
+
+from ._errors import SpecialFileError
 
 __all__ = [
     "async_filesystem",
@@ -17,6 +20,7 @@ __all__ = [
     "join",
     "object_store_overrides",
     "portable_url",
+    "read_regular",
     "resolve",
 ]
 
@@ -135,3 +139,60 @@ def async_filesystem(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem
     from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
     return AsyncFileSystemWrapper(fs, asynchronous=True)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def special_file_kind(path: str) -> str | None:
+    """For a local path: what it is if it is not a regular file (following symlinks), else None. Only ``stat``s."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "a broken symlink"
+        raise
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
+def refuse_special(name: str, kind: str) -> SpecialFileError:
+    return SpecialFileError(f"{name}: is {kind}, not a regular file; refusing to read it")
+
+
+def open_regular(path: str, name: str) -> int:
+    """Open a local file for reading, only if it is a regular file: checked by ``stat`` before opening (a FIFO is
+    never opened), and again on the open descriptor (opened non-blocking, so a FIFO swapped in meanwhile cannot
+    block). Returns the descriptor; ``name`` is how errors name the file."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise refuse_special(name, kind)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse_special(name, _kind(mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(fs: fsspec.AbstractFileSystem, path: str, name: str) -> bytes:
+    """The whole content of ``path`` on ``fs``; locally, refusing anything but a regular file (see
+    :func:`open_regular`). Object stores have no FIFOs or devices: one GET, no extra request."""
+    if is_local(fs):
+        fd = open_regular(path, name)
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()
+    return bytes(fs.cat_file(path))

@@ -33,6 +33,7 @@ __all__ = [
     "INDEX_PARQUET",
     "INDEX_STRING_COLUMNS",
     "LAYOUT_VERSION",
+    "MIN_INNER_CHUNK",
     "NGFF_VERSION",
     "PROFILES",
     "CodecProfile",
@@ -73,11 +74,12 @@ INDEX_STRING_COLUMNS: tuple[str, ...] = (*STRING_COLUMNS, "path")
 INDEX_CHECKSUM_COLUMNS: tuple[str, ...] = ("checksum", "shard_checksum", "thumbnail_checksum")
 #: Checksum of a site's pixels: CRC32C (Castagnoli) of the C-order uint8 (6, H, W) bytes, as an unsigned int.
 CHECKSUM_ALGORITHM = "crc32c"
+#: Smallest inner chunk edge accepted: below it a 1024 x 1024 site becomes tens of thousands of chunks (1 x 1:
+#: six million), each with its own codec call and index entry, for no partial-read gain.
+MIN_INNER_CHUNK = 16
 DEFAULT_PROFILE = "standard"
 # Sanity bound for site sizes (RxRx2: 1024); anything larger is almost certainly a corrupt header.
 MAX_SITE_EDGE = 16384
-#: Inner chunks smaller than this cost more in per-chunk overhead than any crop saves.
-MIN_INNER_EDGE = 16
 #: The codecs of the Zarr v3 core specification: a store made only of these opens in every Zarr v3 reader
 #: (zarr-python alone, tensorstore, zarrita.js, ngff-zarr, napari-ome-zarr).
 CORE_CODECS = frozenset({"bytes", "zstd", "blosc", "crc32c", "gzip", "transpose", "sharding_indexed"})
@@ -262,10 +264,10 @@ class SiteArraySpec:
         if (
             inner is None
             or len(inner) != 2
-            or any(not isinstance(v, int) or isinstance(v, bool) or v < MIN_INNER_EDGE for v in inner)
+            or any(not isinstance(v, int) or isinstance(v, bool) or v < MIN_INNER_CHUNK for v in inner)
         ):
             raise ValueError(
-                f"inner chunks must be two integers (Y, X) of at least {MIN_INNER_EDGE}, got {self.inner_chunks!r}"
+                f"inner chunks must be two integers (Y, X) of at least {MIN_INNER_CHUNK}, got {self.inner_chunks!r}"
             )
         if self.pixel_size is not None and not (math.isfinite(self.pixel_size) and self.pixel_size > 0):
             raise ValueError(f"pixel size must be a positive number, got {self.pixel_size!r}")

@@ -14,6 +14,7 @@ string is kept unchanged in the metadata.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -23,10 +24,16 @@ __all__ = [
     "CHANNELS",
     "GRID_COLUMNS",
     "GRID_ROWS",
+    "INT32_MAX",
+    "RESERVED_NAMES",
+    "RESERVED_PREFIXES",
+    "RESERVED_SUFFIXES",
     "ImageKey",
     "SiteKey",
     "WellAddress",
+    "check_experiment",
     "image_path",
+    "is_reserved_name",
     "parse_image_path",
     "parse_site_id",
     "parse_well_id",
@@ -38,6 +45,28 @@ GRID_ROWS: tuple[str, ...] = tuple([chr(ord("A") + i) for i in range(26)] + [f"A
 GRID_COLUMNS: tuple[str, ...] = tuple(f"{i:02d}" for i in range(1, 49))
 #: Channel numbers of an RxRx2 site (``w1``..``w6``).
 CHANNELS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+
+#: Plate, site and channel numbers are stored as int32 (index arrays, attributes): 1..INT32_MAX.
+INT32_MAX = 2**31 - 1
+
+# --- names the store layout uses at its root ---------------------------------------------------------------------
+# Experiments are groups at the store root, next to the store's own objects: an experiment named like one of them
+# would replace it (or be replaced by it). This is the one list of those names; ``check_experiment`` refuses them,
+# compared case-insensitively (macOS and Windows filesystems are), so ``Index`` is refused too.
+#: Exact names of root objects: the index group, the columnar index, the embeddings array, the root document and
+#: the converter's lock.
+RESERVED_NAMES: frozenset[str] = frozenset({"index", "index.parquet", "embeddings", "zarr.json", ".rxrx2-zarr.lock"})
+#: Prefixes kept for Zarr (``zarr.json``, future ``zarr.*`` documents), hidden files and private objects.
+RESERVED_PREFIXES: tuple[str, ...] = ("zarr", ".", "_")
+#: Suffixes of temporary objects (torn writes, removed by ``--resume``).
+RESERVED_SUFFIXES: tuple[str, ...] = (".partial",)
+
+
+def is_reserved_name(name: str) -> bool:
+    """True when ``name`` may not be an experiment (a root group): the store layout uses it or may use it."""
+    folded = name.lower()
+    return folded in RESERVED_NAMES or folded.startswith(RESERVED_PREFIXES) or folded.endswith(RESERVED_SUFFIXES)
+
 
 _ROW_INDEX = {name: i for i, name in enumerate(GRID_ROWS)}
 # An experiment name becomes a Zarr group name and a component of ids joined by "_", so it may hold neither "_"
@@ -54,18 +83,36 @@ _WELL_ID_RE = re.compile(rf"^(?P<experiment>{_EXPERIMENT})_(?P<plate>[1-9][0-9]*
 
 
 def check_experiment(name: str) -> str:
-    """Return ``name`` if it is a valid experiment name, else raise :class:`PathGrammarError`."""
-    if not isinstance(name, str) or not _EXPERIMENT_RE.match(name):
-        raise PathGrammarError(
+    """Return ``name`` if it is a valid experiment name, else raise :class:`PathGrammarError`.
+
+    Refused: anything but letters, digits, '.' and '-' (starting with a letter or digit), '..', and the names the
+    store layout uses at its root (:func:`is_reserved_name`).
+    """
+    error = _experiment_error(name) if isinstance(name, str) else f"invalid experiment name {name!r}: not a string"
+    if error is not None:
+        raise PathGrammarError(error)
+    return name
+
+
+@functools.lru_cache(maxsize=4096)  # called for every site of a plan: a dataset has a handful of experiments
+def _experiment_error(name: str) -> str | None:
+    if not _EXPERIMENT_RE.match(name):
+        return (
             f"invalid experiment name {name!r}: expected letters, digits, '.' or '-' (e.g. 'HUVEC-1'), "
             "no '_', '/' or '..'"
         )
     if ".." in name:
-        raise PathGrammarError(f"invalid experiment name {name!r}: '..' is not allowed")
-    return name
+        return f"invalid experiment name {name!r}: '..' is not allowed"
+    if is_reserved_name(name):
+        return (
+            f"invalid experiment name {name!r}: reserved, the store uses it at its root (reserved: "
+            f"{', '.join(sorted(RESERVED_NAMES))}, and any name starting with 'zarr', '.' or '_' or ending in "
+            "'.partial', in any letter case)"
+        )
+    return None
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class WellAddress:
     """A well on the 1536-well grid: ``row`` letters (``A``..``AF``) and 1-based ``column`` (1..48)."""
 
@@ -106,11 +153,11 @@ class WellAddress:
 
 
 def _positive(value: int, what: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise PathGrammarError(f"invalid {what} {value!r}: expected a positive integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= INT32_MAX:
+        raise PathGrammarError(f"invalid {what} {value!r}: expected a positive integer (1..{INT32_MAX})")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class SiteKey:
     """One site (field of view): experiment, plate, well and site number."""
 
@@ -136,11 +183,21 @@ class SiteKey:
         return ImageKey(self.experiment, self.plate, self.well, self.site, channel)
 
     def image_paths(self, channels: tuple[int, ...] = CHANNELS) -> list[str]:
-        """The source paths of this site's PNGs, relative to the dataset root."""
-        return [image_path(self.image(c)) for c in channels]
+        """The source paths of this site's PNGs, relative to the dataset root (as :func:`image_path` formats them;
+        the key is valid already, so no :class:`ImageKey` is built: this runs for every site of a plan)."""
+        if channels is not CHANNELS:
+            for c in channels:
+                _positive(c, "channel")
+        stem = self.image_stem
+        return [f"{stem}{c}.png" for c in channels]
+
+    @property
+    def image_stem(self) -> str:
+        """This site's image paths up to the channel number: ``images/HUVEC-1/Plate1/AA02_s2_w``."""
+        return f"images/{self.experiment}/Plate{self.plate}/{self.well}_s{self.site}_w"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ImageKey:
     """One PNG of the source tree: a site and a channel number."""
 

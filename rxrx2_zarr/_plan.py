@@ -22,7 +22,14 @@ from ._errors import ImageError, MetadataError, PathGrammarError, SourceError
 from ._layout import site_paths
 from ._paths import CHANNELS, SiteKey, WellAddress, parse_image_path
 from ._png import HEADER_BYTES, PngHeader, check_header, max_file_bytes, read_png_header
-from ._schema import EMBEDDINGS_NAMES, METADATA_NAMES, align_embeddings, load_embeddings, validate_metadata
+from ._schema import (
+    EMBEDDINGS_NAMES,
+    METADATA_NAMES,
+    align_embeddings,
+    load_embeddings,
+    read_metadata_csv,
+    validate_metadata,
+)
 from ._storage import StoreIO
 
 __all__ = ["ConversionPlan", "SiteItem", "Skip", "make_plan"]
@@ -41,7 +48,7 @@ class Skip:
         return {"site_id": self.site_id, "reason": self.reason}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SiteItem:
     """What one conversion task needs to know about its site (small: it is shipped to workers)."""
 
@@ -51,7 +58,14 @@ class SiteItem:
     group: str
     array: str
     shard: str
-    sources: tuple[str, ...]
+    source_stem: str
+    """The site's PNG paths without the channel number and suffix (``images/HUVEC-1/Plate1/AA02_s2_w``): six
+    full paths per site would be the largest part of a million-site plan."""
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The site's six PNG paths, relative to the source root, channel 1 first."""
+        return tuple(f"{self.source_stem}{c}.png" for c in CHANNELS)
 
 
 @dataclass(frozen=True)
@@ -79,15 +93,10 @@ class ConversionPlan:
         return int(sum(self.png_bytes.values()))
 
 
-def _read_text_frame(src: StoreIO, name: str) -> tuple[pd.DataFrame, bytes]:
-    import io
-
-    raw = src.read(name)
-    try:
-        frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise MetadataError(f"{name}: not a readable CSV: {exc}") from None
-    return frame, raw
+def _read_text_frame(src: StoreIO, name: str) -> tuple[pd.DataFrame, npt.NDArray[np.int64], bytes]:
+    raw = src.read(name)  # a FIFO or device in its place is refused by name, never opened
+    frame, lines = read_metadata_csv(raw, name)
+    return frame, lines, raw
 
 
 def _first_existing(src: StoreIO, names: Sequence[str]) -> str | None:
@@ -99,12 +108,13 @@ def _first_existing(src: StoreIO, names: Sequence[str]) -> str | None:
 
 def store_order(frame: pd.DataFrame) -> pd.DataFrame:
     """Sort sites in the store's fixed order: experiment, plate, well row, well column, site."""
-    wells = [WellAddress.parse(w) for w in frame["well"]]
+    codes, names = pd.factorize(frame["well"])
+    parsed = [WellAddress.parse(str(w)) for w in names]  # once per distinct well (at most 1,536)
     out = frame.assign(
-        row=[w.row for w in wells],
-        column=[w.column_name for w in wells],
-        _row_index=[w.row_index for w in wells],
-        _column_index=[w.column for w in wells],
+        row=np.asarray([w.row for w in parsed], dtype=object)[codes],
+        column=np.asarray([w.column_name for w in parsed], dtype=object)[codes],
+        _row_index=np.asarray([w.row_index for w in parsed], dtype=np.int64)[codes],
+        _column_index=np.asarray([w.column for w in parsed], dtype=np.int64)[codes],
     )
     out = out.sort_values(["experiment", "plate", "_row_index", "_column_index", "site"], kind="stable")
     return out.drop(columns=["_row_index", "_column_index"]).reset_index(drop=True)
@@ -127,8 +137,8 @@ def make_plan(
     metadata_name = _first_existing(src, METADATA_NAMES)
     if metadata_name is None:
         raise SourceError(f"{src_url}: no {' or '.join(METADATA_NAMES)} found (expected RxRx2's metadata file)")
-    raw_frame, raw_bytes = _read_text_frame(src, metadata_name)
-    metadata = validate_metadata(raw_frame, source=metadata_name)
+    raw_frame, lines, raw_bytes = _read_text_frame(src, metadata_name)
+    metadata = validate_metadata(raw_frame, source=metadata_name, lines=lines)
     _check_well_consistency(metadata, metadata_name)
 
     selected = metadata
@@ -151,12 +161,17 @@ def make_plan(
     warnings: list[str] = []
     png_sizes: dict[str, int] = {}
     extra_files = 0
+    wells: dict[str, WellAddress] = {}
     keys = [
-        SiteKey(e, int(p), WellAddress.parse(w), int(s))
-        for e, p, w, s in zip(selected["experiment"], selected["plate"], selected["well"], selected["site"], strict=True)
+        SiteKey(e, int(p), wells.get(w) or wells.setdefault(w, WellAddress.parse(w)), int(s))
+        for e, p, w, s in zip(
+            *(selected[c].tolist() for c in ("experiment", "plate", "well", "site")), strict=True
+        )  # lists: iterating Arrow-backed columns element by element is several times slower
     ]
     if need_pixels:
-        listing = src.find("images", detail=True)
+        typed_listing = src.find_typed("images")
+        listing = {key: size for key, (size, _) in typed_listing.items()}
+        special = {key: kind for key, (_, kind) in typed_listing.items() if kind is not None}
         if not listing:
             raise SourceError(
                 f"{src_url}: no files under images/ (expected images/<experiment>/Plate<plate>/<well>_s<site>_w<channel>.png)"
@@ -182,7 +197,11 @@ def make_plan(
         problems: dict[str, list[str]] = {}  # site_id -> what is wrong, in plan order
         for key in keys:
             for path in key.image_paths():
-                if path in listing:
+                if path in special:  # a FIFO would block the converter forever: refused without opening it
+                    problems.setdefault(key.site_id, []).append(
+                        f"{path}: is {special[path]}, not a regular file; refusing to read it"
+                    )
+                elif path in listing:
                     png_sizes[path] = listing[path]
                 else:
                     problems.setdefault(key.site_id, []).append(f"missing image {path}")
@@ -218,7 +237,7 @@ def make_plan(
 
     embeddings, features, missing_embeddings = _embeddings(src, metadata, selected, on_error, warnings)
     items = tuple(
-        SiteItem(i, k.site_id, k.site, p.site, p.array, p.shard, tuple(k.image_paths()))
+        SiteItem(i, k.site_id, k.site, p.site, p.array, p.shard, k.image_stem)
         for i, (k, p) in enumerate((k, site_paths(k)) for k in keys)
     )
     selected = selected.assign(path=[item.array for item in items])
@@ -242,11 +261,15 @@ def make_plan(
 def _check_well_consistency(metadata: pd.DataFrame, source: str) -> None:
     """A well holds one treatment at one concentration; an experiment one cell type."""
     problems = []
-    per_well = metadata.groupby("well_id", sort=False).agg(
-        treatments=("treatment", "nunique"), concs=("treatment_conc", lambda s: s.fillna(-1.0).nunique())
+    # built-in aggregations only (no Python callback per group): linear in the rows
+    per_well = metadata.assign(_conc=metadata["treatment_conc"].fillna(-1.0)).groupby("well_id", sort=False).agg(
+        treatments=("treatment", "nunique"), concs=("_conc", "nunique")
     )
-    for well_id in per_well.index[(per_well["treatments"] > 1) | (per_well["concs"] > 1)]:
-        rows = metadata[metadata["well_id"] == well_id]
+    disagree = list(per_well.index[(per_well["treatments"] > 1) | (per_well["concs"] > 1)])
+    if len(disagree) > MAX_LISTED:
+        problems.append(f"{len(disagree)} wells whose sites disagree on treatment/treatment_conc, e.g.")
+    listed = metadata[metadata["well_id"].isin(disagree[:MAX_LISTED])]
+    for well_id, rows in listed.groupby("well_id", sort=False):
         problems.append(
             f"well_id {well_id!r}: sites disagree on treatment/treatment_conc "
             f"({sorted(set(zip(rows['treatment'], rows['treatment_conc'].astype(str), strict=True)))})"
@@ -255,7 +278,7 @@ def _check_well_consistency(metadata: pd.DataFrame, source: str) -> None:
     for experiment in per_experiment.index[per_experiment > 1]:
         problems.append(f"experiment {experiment!r}: more than one cell_type")
     if problems:
-        raise MetadataError(f"{source}: " + "; ".join(problems[:MAX_LISTED]))
+        raise MetadataError(f"{source}: " + "; ".join(problems[: MAX_LISTED + 2]))
 
 
 #: How many sites' first image headers decide the dataset's image size (a majority vote, so that one odd image
@@ -311,7 +334,7 @@ def _embeddings(
         warnings.append(f"no {' or '.join(EMBEDDINGS_NAMES)}: the store has no embeddings")
         return None, (), len(selected)
     table = load_embeddings(src.url.rstrip("/") + "/" + name, src.storage_options, name=name)
-    aligned = align_embeddings(table, list(selected["site_id"]), list(metadata["site_id"]))
+    aligned = align_embeddings(table, selected["site_id"].tolist(), metadata["site_id"].tolist())
     if aligned.unknown:
         message = f"{name}: {len(aligned.unknown)} site_id(s) not in the metadata, e.g. {list(aligned.unknown[:MAX_LISTED])}"
         if on_error == "fail":

@@ -88,13 +88,40 @@ def max_file_bytes(size: tuple[int, int]) -> int:
     return 2 * size[0] * (size[1] + 1) + (1 << 20)
 
 
-def decode_png(data: bytes, name: str, expected: tuple[int, int] | None) -> npt.NDArray[np.uint8]:
-    """Check the header against ``expected`` (height, width), then decode to a (height, width) uint8 array."""
+def iend_end(data: bytes) -> int | None:
+    """Offset just past the IEND chunk, found by walking the chunk lengths from the signature (a few dozen steps
+    for an RxRx2 PNG); None when the chunks run past the end of ``data`` before an IEND (a truncated file)."""
+    offset = len(PNG_SIGNATURE)
+    while offset + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        end = offset + 12 + int(length)
+        if end > len(data):
+            return None
+        if kind == b"IEND":
+            return end
+        offset = end
+    return None
+
+
+def decode_png(
+    data: bytes, name: str, expected: tuple[int, int] | None, notes: list[str] | None = None
+) -> npt.NDArray[np.uint8]:
+    """Check the header against ``expected`` (height, width), then decode to a (height, width) uint8 array.
+
+    Bytes after the IEND chunk (a file overwritten by a shorter one, an appended trailer) do not touch the pixels:
+    the image is decoded from the bytes up to IEND and, when ``notes`` is given, a note naming the file and the
+    number of trailing bytes is appended to it (the converter reports it as a warning).
+    """
     header = read_png_header(data, name)
     check_header(header, name, expected)
     if not data.endswith(IEND_CHUNK):
-        # libpng stops reading once it has the pixels, so a file cut after its image data would otherwise pass
-        raise ImageError(f"{name}: truncated PNG (it does not end with an IEND chunk; {len(data)} bytes)")
+        end = iend_end(data)
+        if end is None:
+            # libpng stops reading once it has the pixels, so a file cut after its image data would otherwise pass
+            raise ImageError(f"{name}: truncated PNG (it does not end with an IEND chunk; {len(data)} bytes)")
+        if notes is not None:
+            notes.append(f"{name}: {len(data) - end:,} trailing byte(s) after the IEND chunk ignored (pixels intact)")
+        data = data[:end]
     try:
         pixels = imagecodecs.png_decode(data)
     except (imagecodecs.PngError, RuntimeError, ValueError) as exc:

@@ -12,6 +12,7 @@ converter) write the same store, and a listing made before a worker wrote a key 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import uuid
@@ -19,11 +20,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _fs
-from ._errors import StoreFormatError
+from ._errors import StoreFormatError, StoreWriteError
 
 __all__ = ["StoreIO", "check_key"]
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9._\-]+$")
+#: Write failures that retrying cannot fix: the device is full or the quota is exhausted.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def check_key(key: str) -> str:
@@ -64,9 +67,17 @@ class StoreIO:
     # --- reads ----------------------------------------------------------------------------------------------------
 
     def read(self, key: str) -> bytes:
-        return bytes(self.fs.cat_file(self.path(key)))
+        """A whole object. Locally only a regular file is read: a FIFO, device or socket in its place raises
+        :class:`~rxrx2_zarr.SpecialFileError` naming ``key``, without blocking."""
+        return _fs.read_regular(self.fs, self.path(key), key)
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
+        if self.local:
+            fd = _fs.open_regular(self.path(key), key)
+            try:
+                return os.pread(fd, max(0, end - start), start)
+            finally:
+                os.close(fd)
         return bytes(self.fs.cat_file(self.path(key), start=start, end=end))
 
     def read_suffix(self, key: str, nbytes: int) -> bytes:
@@ -97,8 +108,7 @@ class StoreIO:
             out: dict[str, bytes | None] = {}
             for key, path in zip(wanted, paths, strict=True):
                 try:
-                    with open(path, "rb") as handle:
-                        out[key] = handle.read()
+                    out[key] = _fs.read_regular(self.fs, path, key)
                 except FileNotFoundError:
                     out[key] = None
             return out
@@ -134,14 +144,33 @@ class StoreIO:
 
     def find(self, prefix: str = "", detail: bool = False) -> dict[str, int]:
         """``{key: size}`` of every object under ``prefix`` (sizes are 0 unless ``detail``), listed afresh."""
+        if not detail:
+            base = self.path(prefix) if prefix else self.root
+            if not self.fs.exists(base):
+                return {}
+            strip = len(self.root.rstrip("/")) + 1
+            return {str(p)[strip:]: 0 for p in self.fs.find(base)}
+        return {key: size for key, (size, _) in self.find_typed(prefix).items()}
+
+    def find_typed(self, prefix: str = "") -> dict[str, tuple[int, str | None]]:
+        """``{key: (size, special)}`` of every entry under ``prefix`` that is not a directory, from one listing;
+        ``special`` says what a local entry is when it is not a regular file (``"a FIFO (named pipe)"``, a device,
+        a socket, a symlink to one, a broken symlink), else None. Nothing is opened."""
         base = self.path(prefix) if prefix else self.root
         if not self.fs.exists(base):
             return {}
-        found = self.fs.find(base, detail=detail)
+        found = self.fs.find(base, detail=True)
         strip = len(self.root.rstrip("/")) + 1
-        if detail:
-            return {str(p)[strip:]: int(info.get("size") or 0) for p, info in found.items()}
-        return {str(p)[strip:]: 0 for p in found}
+        out: dict[str, tuple[int, str | None]] = {}
+        for p, info in found.items():
+            special: str | None = None
+            if self.local and info.get("type") != "file":
+                try:
+                    special = _fs.special_file_kind(str(p)) or "not a regular file"
+                except OSError:
+                    special = "unreadable"
+            out[str(p)[strip:]] = (int(info.get("size") or 0), special)
+        return out
 
     # --- writes ---------------------------------------------------------------------------------------------------
 
@@ -149,18 +178,25 @@ class StoreIO:
         """Write a whole object. Locally the write is atomic (temp file + rename), so a killed writer never leaves
         a torn object; object stores make whole-object PUTs atomic themselves."""
         path = self.path(key)
-        if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.partial"
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        else:
-            self.fs.pipe_file(path, data)
+        try:
+            if self.local:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.{uuid.uuid4().hex}.partial"
+                try:
+                    with open(tmp, "wb") as handle:
+                        handle.write(data)
+                    os.replace(tmp, path)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+            else:
+                self.fs.pipe_file(path, data)
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE:
+                raise  # other OSErrors keep their type: a transient one is retried by the cluster
+            raise StoreWriteError(
+                exc.errno, f"{self.url}: no space left to write {key} ({len(data):,} bytes): {exc.strerror or exc}"
+            ) from exc
 
     def write_many(self, items: Mapping[str, bytes]) -> None:
         """Write many small objects (bulk metadata); remote filesystems send them concurrently."""

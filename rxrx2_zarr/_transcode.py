@@ -43,7 +43,8 @@ class StoreSource:
     def dataset(self) -> Dataset:
         return _dataset(self.url, json.dumps(dict(self.options), sort_keys=True, default=str))
 
-    def read(self, item: SiteItem, size: tuple[int, int]) -> tuple[Pixels, int]:
+    def read(self, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None) -> tuple[Pixels, int]:
+        del notes  # a store holds no PNG quirks to warn about
         dataset = self.dataset()
         try:
             pixels = dataset.read(item.site_id, parallel=False)[0]
@@ -74,7 +75,7 @@ def plan_from_store(url: str, storage_options: Mapping[str, Any] | None = None) 
     keys = [parse_site_id(s) for s in sites["site_id"]]
     paths = [site_paths(k) for k in keys]
     items = tuple(
-        SiteItem(i, k.site_id, k.site, p.site, p.array, p.shard, ()) for i, (k, p) in enumerate(zip(keys, paths, strict=True))
+        SiteItem(i, k.site_id, k.site, p.site, p.array, p.shard, "") for i, (k, p) in enumerate(zip(keys, paths, strict=True))
     )
     sites = sites.assign(row=[k.well.row for k in keys], column=[k.well.column_name for k in keys], path=[p.array for p in paths])
     attrs = dataset.attrs

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from ._errors import RxRx2ZarrError
-from ._layout import DEFAULT_INNER_CHUNKS, DEFAULT_PROFILE, PROFILES
+from ._layout import DEFAULT_INNER_CHUNKS, DEFAULT_PROFILE, MIN_INNER_CHUNK, PROFILES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,7 +54,26 @@ def _chunks(value: str) -> tuple[int, int]:
         y, x = (int(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected Y,X (e.g. 256,256), got {value!r}", param_hint="--inner-chunks") from None
+    if y < MIN_INNER_CHUNK or x < MIN_INNER_CHUNK:
+        raise click.BadParameter(
+            f"{value!r}: each edge must be at least {MIN_INNER_CHUNK} (smaller chunks make a site thousands of "
+            "objects to encode and index)",
+            param_hint="--inner-chunks",
+        )
     return y, x
+
+
+def _plate_numbers(value: str | None) -> tuple[int, ...] | None:
+    """``--plates 1,2`` -> ``(1, 2)``; a usage error naming the bad value otherwise."""
+    numbers = []
+    for text in _csv(value) or ():
+        if not text.isascii() or not text.isdigit() or int(text) < 1:
+            raise click.BadParameter(
+                f"{text!r} is not a plate number (expected comma-separated positive integers, e.g. 1,2)",
+                param_hint="--plates",
+            )
+        numbers.append(int(text))
+    return tuple(numbers) or None
 
 
 def storage_option_flags(function: F) -> F:
@@ -147,13 +166,13 @@ def convert(src: str, dst: str, profile: str, inner_chunks: str | None, level: i
     from ._convert import convert as run
 
     common = parse_storage_options(storage_option)
-    plate_numbers = _csv(plates)
+    plate_numbers = _plate_numbers(plates)  # usage errors before anything runs
+    chunks = _chunks(inner_chunks) if inner_chunks else None
 
     def build() -> Any:
         options = ConvertOptions(
-            profile=profile, inner_chunks=_chunks(inner_chunks) if inner_chunks else None, level=level,
-            pixel_size=pixel_size,
-            experiments=_csv(experiments), plates=tuple(int(p) for p in plate_numbers) if plate_numbers else None,
+            profile=profile, inner_chunks=chunks, level=level, pixel_size=pixel_size,
+            experiments=_csv(experiments), plates=plate_numbers,
             limit=limit, no_pixels=no_pixels, on_error=on_error,  # type: ignore[arg-type]
             overwrite=overwrite, resume=resume, break_lock=break_lock, workers=workers, processes=processes,
             scheduler=scheduler, progress=not quiet,
