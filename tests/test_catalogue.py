@@ -385,7 +385,7 @@ def test_inner_chunks_below_16_are_refused(chunks: tuple[int, int], src: Path, t
 
 
 def test_inner_chunks_of_16_are_accepted() -> None:
-    assert SiteArraySpec(64, 64, (16, 16)).chunks_per_shard == (6, 4, 4)
+    assert SiteArraySpec(64, 64, (16, 16)).chunk_shape == (1, 16, 16)
 
 
 # --- 7. messages --------------------------------------------------------------------------------------------------
@@ -496,6 +496,7 @@ def closed_port() -> Iterator[int]:
 
 def test_unreachable_scheduler_fails_before_writing(src: Path, tmp_path: Path, closed_port: int) -> None:
     import dask
+    import distributed  # noqa: F401  (loads its config defaults first: set() would drop them on exit otherwise)
 
     dst = tmp_path / "out.zarr"
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
