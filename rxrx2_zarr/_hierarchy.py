@@ -21,9 +21,10 @@ from ._layout import (
     group_document,
     image_attributes,
     plate_attributes,
+    plate_title,
     well_attributes,
 )
-from ._paths import WellAddress
+from ._paths import WellAddress, parse_site_id
 
 __all__ = ["SiteChecksums", "dump", "site_document", "static_documents"]
 
@@ -59,6 +60,11 @@ class SiteChecksums:
         return cls(*values)  # type: ignore[arg-type]
 
 
+def _experiment_plate(site_id: str) -> tuple[str, int]:
+    key = parse_site_id(site_id)
+    return key.experiment, key.plate
+
+
 def site_document(spec: SiteArraySpec, site_id: str, site: int, checksums: SiteChecksums | None) -> bytes:
     """The NGFF image group of one site, with its ``rxrx2`` attributes (its checksums, once written)."""
     sums: dict[str, int | None] = (
@@ -67,7 +73,10 @@ def site_document(spec: SiteArraySpec, site_id: str, site: int, checksums: SiteC
     return dump(
         group_document(
             {
-                "ome": image_attributes(spec, f"{site_id}"),
+                # The image is named after its plate: napari-ome-zarr and ome-zarr-py name a whole plate's layers
+                # after its first field's multiscales name (they ignore the plate's own name), so a site-id here
+                # would label every plate view with one arbitrary site. The site_id is in the rxrx2 attributes.
+                "ome": image_attributes(spec, plate_title(*_experiment_plate(site_id))),
                 "rxrx2": {"site_id": site_id, "site": int(site), **sums},
             }
         )
@@ -107,7 +116,7 @@ def static_documents(
             docs[f"{plate_key}/zarr.json"] = dump(
                 group_document(
                     {
-                        "ome": plate_attributes(f"{experiment} plate {plate}", wells, field_count),
+                        "ome": plate_attributes(plate_title(str(experiment), plate), wells, field_count),
                         "rxrx2": {
                             "experiment": experiment,
                             "plate": plate,

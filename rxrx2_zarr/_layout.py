@@ -431,6 +431,11 @@ def omero_metadata() -> dict[str, Any]:
     }
 
 
+def plate_title(experiment: str, plate: int) -> str:
+    """A plate's display name (``HUVEC-1 plate 3``): the NGFF plate's name and every site image's name."""
+    return f"{experiment} plate {plate}"
+
+
 def image_attributes(spec: SiteArraySpec, name: str) -> dict[str, Any]:
     """NGFF 0.5 ``multiscales`` + ``omero`` for a site image group."""
     space_axis: dict[str, Any] = {"type": "space"}
