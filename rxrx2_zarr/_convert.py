@@ -20,6 +20,7 @@ Order of work, chosen so that nothing is lost and a crash (even kill -9) at any 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -53,6 +54,7 @@ from ._plan import ConversionPlan, SiteItem, Skip, make_plan
 from ._png import decode_png
 from ._progress import Progress
 from ._shard import ShardCodec
+from ._source import Source, SourceIO
 from ._storage import StoreIO
 
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
@@ -82,6 +84,10 @@ class ConvertOptions:
     progress: bool = True
     src_storage_options: Mapping[str, Any] = field(default_factory=dict)
     dst_storage_options: Mapping[str, Any] = field(default_factory=dict)
+    metadata: str | None = None
+    """The metadata CSV when not in SRC: a path or URL, a zip member, or a folder or archive holding it."""
+    embeddings: str | None = None
+    """The embeddings CSV when not in SRC (as ``metadata``)."""
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -117,6 +123,8 @@ class SiteJob:
     dst_options: Mapping[str, Any]
     spec: SiteArraySpec
     on_error: OnError
+    source: Source | None = None
+    """The resolved source (zip archive, images root); each worker process opens it itself."""
 
     def __call__(self, item: SiteItem) -> SiteResult:
         return convert_site(self, item)
@@ -141,7 +149,7 @@ def _store_for(url: str, options: Mapping[str, Any]) -> StoreIO:
     return _store(url, json.dumps(dict(options), sort_keys=True, default=str))
 
 
-def read_site_pixels(src: StoreIO, item: SiteItem, size: tuple[int, int]) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], int]:
+def read_site_pixels(src: StoreIO | SourceIO, item: SiteItem, size: tuple[int, int]) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], int]:
     """Read and decode a site's six PNGs into (6, H, W); returns the pixels and the PNG bytes read."""
     pixels = np.empty((len(item.sources), *size), dtype=np.uint8)
     total = 0
@@ -160,7 +168,7 @@ def read_site_pixels(src: StoreIO, item: SiteItem, size: tuple[int, int]) -> tup
 
 def convert_site(job: SiteJob, item: SiteItem) -> SiteResult:
     """Convert one site: decode its PNGs, write its shard, then its site document (the completion marker)."""
-    src = _store_for(job.src_url, job.src_options)
+    src = job.source.open() if job.source is not None else _store_for(job.src_url, job.src_options)
     dst = _store_for(job.dst_url, job.dst_options)
     try:
         pixels, png_bytes = read_site_pixels(src, item, (job.spec.height, job.spec.width))
@@ -199,6 +207,8 @@ class ConvertReport:
     warnings: tuple[str, ...]
     pixels: bool
     execution: str
+    source: str = ""
+    """Where the images, metadata and embeddings were found."""
 
     @property
     def ratio(self) -> float:
@@ -217,6 +227,8 @@ class ConvertReport:
         lines = [
             f"converted {self.converted} of {self.sites_total} site(s) from {self.src} to {self.dst} ({self.execution})",
         ]
+        if self.source:
+            lines.append(f"source: {self.source}")
         if self.resumed_skipped:
             lines.append(f"resume: {self.resumed_skipped} site(s) already complete, not rewritten")
         if self.pixels:
@@ -400,15 +412,20 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
         limit=options.limit,
         on_error=options.on_error,
         need_pixels=not options.no_pixels,
+        metadata_url=options.metadata,
+        embeddings_url=options.embeddings,
     )
+    src_locations = plan.source.locations() if plan.source is not None else (src,)
     spec = SiteArraySpec(plan.size[0], plan.size[1], options.inner_chunks, options.profile, options.pixel_size)
     fingerprint = _fingerprint(plan, spec, options)
     store = StoreIO(dst, options.dst_storage_options)
-    _check_separate(src, options.src_storage_options, store)
+    for location in src_locations:
+        _check_separate(location, options.src_storage_options, store)
     if store.fs.isfile(store.root):
         raise StoreExistsError(f"{store.url}: exists and is a file, not a directory; refusing to touch it")
     if options.execution.distributed and not options.no_pixels:
-        for url, opts in ((src, options.src_storage_options), (dst, options.dst_storage_options)):
+        sides = [(url, options.src_storage_options) for url in src_locations] + [(dst, options.dst_storage_options)]
+        for url, opts in sides:
             if _fs.is_process_local(_fs.resolve(url, opts)[0]):
                 raise ValueError(
                     f"{url}: visible to this process only, so worker processes cannot use it; convert with threads "
@@ -448,7 +465,7 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
         # workers resolve the URLs again, maybe elsewhere (``dask worker`` started in another directory)
         job = SiteJob(
             _fs.portable_url(src), dict(options.src_storage_options), _fs.portable_url(dst),
-            dict(options.dst_storage_options), spec, options.on_error,
+            dict(options.dst_storage_options), spec, options.on_error, plan.source,
         )
         png_total = sum(plan.png_bytes.get(p, 0) for item in todo for p in item.sources)
         with Progress(len(plan.items), png_total, enabled=options.progress, initial=len(done)) as bar:
@@ -470,6 +487,9 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
         checksums = {pos: r.checksum for pos, r in results.items() if r.skip is None}
         checksums.update(done)
         report_skips = tuple(skipped)
+        if not plan.sizes_known:  # HTTP listings have no sizes: the source's bytes are those read
+            read = sum(r.png_bytes for r in results.values())
+            root = dataclasses.replace(root, source={**root.source, "png_bytes": read, "png_bytes_read": True})
         # Only the lock's holder may mark the store complete: stop if someone broke our lock meanwhile.
         _lock.ensure_held(store, lock)
         counts = _finalize(store, plan, spec, root, fingerprint, checksums, report_skips, options.no_pixels)
@@ -491,7 +511,20 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
         warnings=plan.warnings,
         pixels=not options.no_pixels,
         execution=options.execution.describe(),
+        source=_describe_source(plan),
     )
+
+
+def _describe_source(plan: ConversionPlan) -> str:
+    if plan.source is None:
+        return ""
+    parts = [plan.source.description]
+    if plan.source.metadata is not None:
+        parts.append(f"metadata {plan.source.metadata.describe()}")
+    parts.append(
+        f"embeddings {plan.source.embeddings.describe()}" if plan.source.embeddings is not None else "no embeddings"
+    )
+    return "; ".join(parts)
 
 
 def _clear_for_overwrite(store: StoreIO) -> None:
@@ -515,6 +548,7 @@ def _source_attrs(plan: ConversionPlan, options: ConvertOptions) -> dict[str, An
         "png_bytes": plan.total_png_bytes,
         "png_files": len(plan.png_bytes),
         "subset": options.subset(),
+        **({"found": plan.source.attrs()} if plan.source is not None else {}),
     }
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "StoreExistsError",
     "StoreFormatError",
     "StoreLockedError",
+    "TransferError",
     "VerificationError",
 ]
 
@@ -41,6 +42,14 @@ class ImageError(RxRx2ZarrError, ValueError):
 
 class SourceError(RxRx2ZarrError, FileNotFoundError):
     """The source tree lacks something it must have (metadata file, an image of a site)."""
+
+
+class TransferError(RxRx2ZarrError, OSError):
+    """Reading the source failed after bounded retries: an HTTP error status, a connection lost, a short transfer.
+
+    Not a problem of one image (so never skipped by ``--on-error skip``): the run stops, what was written stays
+    complete and ``--resume`` continues it. The message names the URL (and zip member) and the HTTP status.
+    """
 
 
 class StoreExistsError(RxRx2ZarrError, FileExistsError):

@@ -30,6 +30,7 @@ __all__ = [
     "find_source_file",
     "load_embeddings",
     "load_metadata",
+    "parse_embeddings",
     "validate_metadata",
 ]
 
@@ -238,7 +239,12 @@ def load_embeddings(
     ``name``, if given, is how errors name the file (default: the URL). Every row must have exactly K + 1 fields, all features numeric and finite, every site_id present once.
     """
     url, raw = _read_source(url, EMBEDDINGS_NAMES, storage_options, "embeddings")
-    url = name or url  # errors name the file as the caller knows it (the converter: relative to SRC)
+    # errors name the file as the caller knows it (the converter: relative to SRC)
+    return parse_embeddings(raw, name or url)
+
+
+def parse_embeddings(raw: bytes, url: str) -> Embeddings:
+    """Parse and check the bytes of an embeddings CSV (see :func:`load_embeddings`); ``url`` names it in errors."""
     lines = raw.splitlines()
     if not lines:
         raise MetadataError(f"{url}: empty file (expected a header 'site_id,feature_0,...')")

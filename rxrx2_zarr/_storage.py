@@ -138,10 +138,17 @@ class StoreIO:
         if not self.fs.exists(base):
             return {}
         found = self.fs.find(base, detail=detail)
-        strip = len(self.root.rstrip("/")) + 1
         if detail:
-            return {str(p)[strip:]: int(info.get("size") or 0) for p, info in found.items()}
-        return {str(p)[strip:]: 0 for p in found}
+            return {self._relative(p): int(info.get("size") or 0) for p, info in found.items()}
+        return {self._relative(p): 0 for p in found}
+
+    def _relative(self, path: str) -> str:
+        """A listed path as a key: relative to the root, whatever the root (empty at the top of a zip, a URL)."""
+        text = str(path)
+        root = self.root.rstrip("/")
+        if root and text.startswith(root + "/"):
+            return text[len(root) + 1 :]
+        return text.lstrip("/") if not root else text[len(root) :].lstrip("/")
 
     # --- writes ---------------------------------------------------------------------------------------------------
 

@@ -101,15 +101,20 @@ def verify(
     storage_options: Mapping[str, Any] | None = None,
     src_storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
+    metadata: str | None = None,
+    embeddings: str | None = None,
 ) -> VerifyReport:
-    """Compare the store ``dst`` with the RxRx2 tree ``src``; the report lists every problem found."""
+    """Compare the store ``dst`` with the RxRx2 tree ``src``; the report lists every problem found.
+
+    ``metadata`` / ``embeddings``: where those files are when not in ``src`` (as for ``convert``)."""
     with warnings.catch_warnings():
         # zarr-python warns that numcodecs codecs are outside the v3 spec, and ome-zarr-models about the version
         # field, once per node: known and harmless here, and they would drown the report
         warnings.filterwarnings("ignore", message=".*Numcodecs codecs are not in the Zarr version 3 specification.*")
         warnings.filterwarnings("ignore", module="ome_zarr_models.*")
         warnings.filterwarnings("ignore", message=".*'version' field not specified.*")
-        return _verify(src, dst, sample, seed, workers, storage_options, src_storage_options, progress)
+        return _verify(src, dst, sample, seed, workers, storage_options, src_storage_options, progress, metadata,
+                       embeddings)
 
 
 def _verify(
@@ -121,6 +126,8 @@ def _verify(
     storage_options: Mapping[str, Any] | None,
     src_storage_options: Mapping[str, Any] | None,
     progress: bool,
+    metadata: str | None = None,
+    embeddings: str | None = None,
 ) -> VerifyReport:
     import zarr
 
@@ -142,6 +149,8 @@ def _verify(
         limit=subset.get("limit"),
         on_error="skip",
         need_pixels=bool(attrs.get("pixels", True)),
+        metadata_url=metadata,
+        embeddings_url=embeddings,
     )
     index = _read_index(store)
     report.sites_in_store = len(index)
@@ -155,7 +164,7 @@ def _verify(
     positions = list(range(len(index)))
     if sample is not None and sample < len(positions):
         positions = sorted(random.Random(seed).sample(positions, sample))
-    src_store = StoreIO(src, src_options)
+    src_store = plan.source.open() if plan.source is not None else StoreIO(src, src_options)
     zstore = store.zarr_store()
     by_site = {item.site_id: item for item in plan.items}
 
