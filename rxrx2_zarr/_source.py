@@ -86,6 +86,10 @@ class Source:
     embeddings: FileRef | None
     description: str
     """Where the images were found, for the report."""
+    root: str = ""
+    """SRC as a portable URL: the directory, or the archive."""
+    images_rel: str = ""
+    """The images root relative to SRC (``images``, ``rxrx2/images``, ``""`` for experiment folders at the top)."""
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -98,19 +102,20 @@ class Source:
 
     def locations(self) -> tuple[str, ...]:
         """The URLs of everything the source reads (archives, directories, files): a destination must stay clear."""
-        found = [self.archive or self.images]
+        found = [self.root or self.url, self.archive or self.images]
         for ref in (self.metadata, self.embeddings):
             if ref is not None:
                 found.append(ref.url)
         return tuple(dict.fromkeys(found))
 
     def attrs(self) -> dict[str, Any]:
-        """For the store's ``source`` attributes."""
+        """For the store's ``source`` attributes: what was found, relative to SRC (or as given), so that the same
+        tree converted from elsewhere records the same."""
         return {
-            "archive": self.archive,
-            "images": self.images,
-            "metadata": None if self.metadata is None else self.metadata.describe(),
-            "embeddings": None if self.embeddings is None else self.embeddings.describe(),
+            "kind": "zip" if self.archive is not None else "directory",
+            "images": self.images_rel,
+            "metadata": self.metadata_name,
+            "embeddings": self.embeddings_name,
         }
 
 
@@ -518,4 +523,6 @@ def resolve_source(
         embeddings_name=embeddings_name,
         embeddings=embeddings_ref,
         description=description,
+        root=place.url,
+        images_rel=images,
     )
