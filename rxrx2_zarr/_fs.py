@@ -247,7 +247,11 @@ def fetch(
                 raise TransferError(f"{what}: {describe_error(exc)}") from None
             problem = describe_error(exc)
             continue
-        if expected is not None and len(data) != expected:
+        if expected is not None and len(data) > expected:  # retrying would fetch as much again
+            raise TransferError(
+                f"{what}: {len(data)} bytes received for {expected} asked: the server ignores Range requests"
+            )
+        if expected is not None and len(data) < expected:
             problem = f"short transfer: {len(data)} of {expected} bytes"
             continue
         return data

@@ -48,13 +48,18 @@ def _options_json(options: Mapping[str, Any] | None) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _archive(url: str, options_json: str, pid: int) -> ZipArchive:
+def _archive(url: str, options_json: str, pid: int, version: tuple[int, int] | None) -> ZipArchive:
     return ZipArchive(url, json.loads(options_json))
 
 
 def open_archive(url: str, storage_options: Mapping[str, Any] | None = None) -> ZipArchive:
-    """The archive at ``url``, its central directory read once per process."""
-    return _archive(url, _options_json(storage_options), os.getpid())
+    """The archive at ``url``, its central directory read once per process (a local archive again when its size or
+    modification time changed: a new download in a long-lived process)."""
+    version = None
+    if os.path.isfile(url):
+        stat = os.stat(url)
+        version = (stat.st_size, stat.st_mtime_ns)
+    return _archive(url, _options_json(storage_options), os.getpid(), version)
 
 
 @dataclass(frozen=True)

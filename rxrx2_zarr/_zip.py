@@ -50,7 +50,7 @@ class BadMember(ValueError):
     """A member's bytes are not what the central directory says (CRC, size, header, decompression)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     name: str
     offset: int
@@ -92,11 +92,15 @@ class ZipArchive:
 
     def _archive_size(self) -> int:
         try:
-            size = self.fs.size(self.path)
+            info = self.fs.info(self.path)
+            size = info.get("size")
         except FileNotFoundError:
             raise SourceError(f"{self.url}: zip archive not found" + self._http_hint(404)) from None
         except _fs.transient_errors() as exc:
             raise TransferError(f"{self.url}: cannot get the archive's size: {_fs.describe_error(exc)}") from None
+        if info.get("partial") is False:  # fsspec's HTTP: the server answered "Accept-Ranges: none"
+            raise SourceError(f"{self.url}: the server does not serve byte ranges (Accept-Ranges: none); a zip is "
+                              "read in place by ranges: download it, or serve it from a server that does")
         if size is None:
             raise SourceError(
                 f"{self.url}: the server does not tell the archive's size (no Content-Length), which reading a zip "

@@ -30,6 +30,7 @@ from click.testing import CliRunner
 from conftest import INNER
 
 import rxrx2_zarr
+from rxrx2_zarr import _fs
 from rxrx2_zarr._convert import ConvertOptions, SiteJob, convert
 from rxrx2_zarr._errors import ImageError, SourceError, TransferError
 from rxrx2_zarr._layout import site_paths
@@ -115,7 +116,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if os.path.isdir(path) or not os.path.isfile(path):
             return super().send_head()
         data = Path(path).read_bytes()
-        wanted = self.headers.get("Range")
+        wanted = None if server.ignore_range else self.headers.get("Range")
         code, body = 200, data
         if wanted:
             match = re.fullmatch(r"bytes=(\d*)-(\d*)", wanted.strip())
@@ -160,6 +161,8 @@ class _Server(http.server.ThreadingHTTPServer):
         """path -> statuses for its next requests."""
         self.fail_after: tuple[set[str], int, int] | None = None
         """(paths, n, status): after n more requests of those paths, every one fails with status, until cleared."""
+        self.ignore_range = False
+        """Answer every request with the whole file (a server without Range support)."""
         self.truncate: dict[str, int] = {}
         """path -> 1: the next GET of it sends half its body."""
         super().__init__((HOST, 0), lambda *a: _Handler(*a, directory=str(root)))
@@ -433,3 +436,41 @@ def test_member_that_is_a_directory(source_tree: Path, tmp_path: Path) -> None:
 def test_plain_zip_path_without_metadata_says_so(archives: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="--metadata"):
         convert(str(archives["images"]), str(tmp_path / "a.zarr"), _options())
+
+
+def test_server_without_range_support_is_refused_at_once(web: _Server, tmp_path: Path) -> None:
+    web.ignore_range = True
+    web.reset()
+    try:
+        with pytest.raises(TransferError, match="ignores Range requests"):
+            convert(f"zip::{web.url}/experiments.zip", str(tmp_path / "a.zarr"), _options())
+    finally:
+        web.ignore_range = False
+    assert len([r for r in web.requests if r[0] == "GET"]) == 1  # not retried: it would fetch it all again
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_fetch_retries_are_bounded_and_name_what_failed() -> None:
+    pauses: list[float] = []
+    outcomes: list[Any] = [OSError("reset"), b"sh", b"whole"]
+
+    def flaky() -> bytes:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return bytes(outcome)
+
+    assert _fs.fetch("u", flaky, expected=5, sleep=pauses.append) == b"whole"
+    assert pauses == [0.25, 0.5]
+
+    def broken() -> bytes:
+        raise OSError("connection reset by peer")
+
+    with pytest.raises(TransferError, match=r"http://h/x\.zip: OSError: connection reset by peer \(after 4 attempts\)"):
+        _fs.fetch("http://h/x.zip", broken, sleep=pauses.append)
+
+    def gone() -> bytes:
+        raise FileNotFoundError("x")
+
+    with pytest.raises(FileNotFoundError):
+        _fs.fetch("u", gone, sleep=pauses.append)
