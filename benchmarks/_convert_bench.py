@@ -7,7 +7,10 @@ the encoding, writing and bookkeeping cost on top of the PNG decode that any con
 
 from __future__ import annotations
 
+import os
 import shutil
+import zipfile
+from pathlib import Path
 from typing import Any
 
 from rxrx2_zarr._convert import ConvertReport, convert
@@ -18,7 +21,8 @@ from rxrx2_zarr._storage import StoreIO
 from rxrx2_zarr._timing import time_throughput
 
 from ._context import Context
-from ._measure import PeakRSS, median, ratio
+from ._http import serve
+from ._measure import PeakRSS, log, median, ratio
 
 __all__ = ["run"]
 
@@ -94,6 +98,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "fixed_seconds_estimate": round(fixed, 3),
         "sites_per_second_excluding_fixed": None if per_site is None else round(per_site, 3),
         "efficiency_excluding_fixed": ratio(per_site, bound_rate),
+        "sources": sources(ctx, workers),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "peak_delta_mb": max(r["peak_delta_mb"] for r in runs),
         "runs": runs,
@@ -104,4 +109,66 @@ def run(ctx: Context) -> dict[str, Any]:
             "with no_pixels=True, and 'efficiency_excluding_fixed' discounts them (the target uses the total). The decode-only bound reads and decodes the "
             f"same PNGs with the same {workers} thread(s). Both read from a warm OS page cache."
         ),
+    }
+
+
+def _zip_tree(root: Path, out: Path, top: str) -> Path:
+    """The tree as RxRx2 publishes it: one deflated zip (``zip -r``'s default), under a top folder."""
+    if not out.exists():
+        partial = out.with_suffix(".partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(root.rglob("*")):
+                if path.is_file():
+                    archive.write(path, f"{top}/{path.relative_to(root).as_posix()}")
+        os.replace(partial, out)
+    return out
+
+
+def sources(ctx: Context, workers: int) -> dict[str, Any]:
+    """The same conversion from each kind of source, measured one after the other under the same conditions: the
+    unpacked tree, a local zip (deflated, as published), the zip over a loopback HTTP server with Range, and the
+    tree as an HTTP directory listing.
+
+    The HTTP server runs in this process (a thread), so it competes with the converter for the GIL and the cores:
+    a lower bound on what a server on another machine gives.
+    """
+    www = ctx.work / "www"
+    www.mkdir(exist_ok=True)
+    archive = _zip_tree(ctx.src, www / "rxrx2-images.zip", "rxrx2")
+    tree_link = www / "rxrx2"
+    if not tree_link.exists():
+        tree_link.symlink_to(ctx.src.resolve(), target_is_directory=True)
+    rows: dict[str, Any] = {}
+    with serve(www) as base:
+        kinds = {
+            "directory": (str(ctx.src), "DIR"),
+            "local zip": (str(archive), "DIR.zip"),
+            "zip over HTTP (Range)": (f"zip::{base}/rxrx2-images.zip", "zip::http://127.0.0.1:PORT/rxrx2-images.zip"),
+            "HTTP directory": (f"{base}/rxrx2/", "http://127.0.0.1:PORT/rxrx2/"),
+        }
+        for kind, (url, shown) in kinds.items():
+            log(f"convert from {kind}")
+            rates: list[float] = []
+            png_rates: list[float] = []
+            for r in range(ctx.config.convert_repeat):
+                dst = ctx.work / f"convert-source-{r}.zarr"
+                report = convert(url, str(dst), ctx.options(DEFAULT_PROFILE, workers=workers))
+                rates.append(report.sites_per_second)
+                png_rates.append(report.png_mb_per_second)
+                shutil.rmtree(dst, ignore_errors=True)
+            rows[kind] = {
+                "src": shown,
+                "sites_per_second": round(median(rates), 3),
+                "png_mb_per_second": round(median(png_rates), 2),
+                "runs": [round(v, 3) for v in rates],
+            }
+    for row in rows.values():
+        row["vs_directory"] = ratio(row["sites_per_second"], rows["directory"]["sites_per_second"])
+    return {
+        "workers": workers,
+        "archive_bytes": archive.stat().st_size,
+        "rows": rows,
+        "notes": "Same sites, profile and workers for every source, measured back to back; median of the repeats. "
+        "The loopback HTTP server is a thread of the benchmark process (it shares the GIL and cores with the "
+        "converter).",
     }

@@ -174,6 +174,21 @@ def _section_convert(r: dict[str, Any]) -> list[str]:
         f"of fixed costs); peak RSS {_num(c['peak_rss_mb'], 0)} MB ({_num(c['peak_delta_mb'], 0)} MB above the "
         f"process before conversion); stored {_num(c['stored_vs_png'], 3)}x the PNG bytes. {c['notes']}",
         "",
+        *_section_sources(c.get("sources")),
+    ]  # fmt: skip
+
+
+def _section_sources(s: dict[str, Any] | None) -> list[str]:
+    if not s:
+        return []
+    rows = [[kind, row["src"], row["sites_per_second"], row.get("png_mb_per_second"), _num(row["vs_directory"], 3)]
+            for kind, row in s["rows"].items()]
+    return [
+        f"By source kind ({s['workers']} worker(s); the zip is {_num(s['archive_bytes'] / 1e6)} MB):",
+        "",
+        *_table(["source", "SRC", "sites/s", "PNG MB/s", "vs directory"], rows),
+        s["notes"],
+        "",
     ]  # fmt: skip
 
 

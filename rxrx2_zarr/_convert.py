@@ -20,6 +20,7 @@ Order of work, chosen so that nothing is lost and a crash (even kill -9) at any 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -62,6 +63,7 @@ from ._plan import ConversionPlan, SiteItem, Skip, make_plan
 from ._png import decode_png
 from ._progress import Progress
 from ._shard import ShardCodec, encode_thumbnail, thumbnail
+from ._source import Source, SourceIO
 from ._storage import StoreIO
 
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
@@ -95,6 +97,10 @@ class ConvertOptions:
     progress: bool = True
     src_storage_options: Mapping[str, Any] = field(default_factory=dict)
     dst_storage_options: Mapping[str, Any] = field(default_factory=dict)
+    metadata: str | None = None
+    """The metadata CSV when not in SRC: a path or URL, a zip member, or a folder or archive holding it."""
+    embeddings: str | None = None
+    """The embeddings CSV when not in SRC (as ``metadata``)."""
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -130,13 +136,13 @@ class ConvertOptions:
 
 @dataclass(frozen=True)
 class PngSource:
-    """Where a site's pixels come from when converting: its six PNG files in the source tree."""
+    """Where a site's pixels come from when converting: its six PNG files in the source (a tree, a zip archive,
+    a web server or a bucket: ``source``, resolved by the plan; each worker process opens it itself)."""
 
-    url: str
-    options: Mapping[str, Any]
+    source: Source
 
     def read(self, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None) -> tuple[Pixels, int]:
-        return read_site_pixels(_store_for(self.url, self.options), item, size, notes)
+        return read_site_pixels(self.source.open(), item, size, notes)
 
 
 @dataclass(frozen=True)
@@ -183,7 +189,7 @@ def _store_for(url: str, options: Mapping[str, Any]) -> StoreIO:
 
 
 def read_site_pixels(
-    src: StoreIO, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None
+    src: StoreIO | SourceIO, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None
 ) -> tuple[Pixels, int]:
     """Read and decode a site's six PNGs into (6, H, W); returns the pixels and the PNG bytes read. Warnings about
     the files (see :func:`decode_png`) are appended to ``notes``."""
@@ -261,6 +267,8 @@ class ConvertReport:
     warnings: tuple[str, ...]
     pixels: bool
     execution: str
+    source: str = ""
+    """Where the images, metadata and embeddings were found."""
 
     @property
     def ratio(self) -> float:
@@ -279,6 +287,8 @@ class ConvertReport:
         lines = [
             f"converted {self.converted} of {self.sites_total} site(s) from {self.src} to {self.dst} ({self.execution})",
         ]
+        if self.source:
+            lines.append(f"source: {self.source}")
         if self.resumed_skipped:
             lines.append(f"resume: {self.resumed_skipped} site(s) already complete, not rewritten")
         if self.pixels:
@@ -480,10 +490,14 @@ def convert(src: str, dst: str, options: ConvertOptions | None = None, **kwargs:
         limit=options.limit,
         on_error=options.on_error,
         need_pixels=not options.no_pixels,
+        metadata_url=options.metadata,
+        embeddings_url=options.embeddings,
     )
-    _check_separate(src, options.src_storage_options, StoreIO(dst, options.dst_storage_options))
-    source = PngSource(_fs.portable_url(src), dict(options.src_storage_options))
-    return run_conversion(plan, source, src, dst, options, started)
+    assert plan.source is not None  # make_plan always resolves its source
+    store = StoreIO(dst, options.dst_storage_options)
+    for location in plan.source.locations():
+        _check_separate(location, options.src_storage_options, store)
+    return run_conversion(plan, PngSource(plan.source), src, dst, options, started)
 
 
 def _options(options: ConvertOptions | None, kwargs: Mapping[str, Any]) -> ConvertOptions:
@@ -512,7 +526,9 @@ def run_conversion(
     if store.fs.isfile(store.root):
         raise StoreExistsError(f"{store.url}: exists and is a file, not a directory; refusing to touch it")
     if options.execution.distributed and not options.no_pixels:
-        for url, opts in ((src, options.src_storage_options), (dst, options.dst_storage_options)):
+        src_locations = plan.source.locations() if plan.source is not None else (src,)
+        sides = [(url, options.src_storage_options) for url in src_locations] + [(dst, options.dst_storage_options)]
+        for url, opts in sides:
             if _fs.is_process_local(_fs.resolve(url, opts)[0]):
                 raise ValueError(
                     f"{url}: visible to this process only, so worker processes cannot use it; convert with threads "
@@ -573,6 +589,9 @@ def run_conversion(
         checksums = {pos: r.checksums for pos, r in results.items() if r.checksums is not None}
         checksums.update(done)
         report_skips = tuple(skipped)
+        if not plan.sizes_known:  # HTTP listings have no sizes: the source's bytes are those read
+            read = sum(r.png_bytes for r in results.values())
+            root = dataclasses.replace(root, source={**root.source, "png_bytes": read, "png_bytes_read": True})
         # Only the lock's holder may mark the store complete: stop if someone broke our lock meanwhile.
         _lock.ensure_held(store, lock)
         counts = _finalize(store, plan, spec, root, fingerprint, checksums, report_skips, options.no_pixels)
@@ -594,6 +613,7 @@ def run_conversion(
         warnings=plan.warnings + tuple(n for r in sorted(results.values(), key=lambda r: r.position) for n in r.notes),
         pixels=not options.no_pixels,
         execution=options.execution.describe(),
+        source=_describe_source(plan),
     )
 
 
@@ -601,6 +621,18 @@ def _is_array_document(key: str) -> bool:
     """A site's level array documents (``.../<site>/0/zarr.json``, ``.../<site>/1/zarr.json``)."""
     parts = key.split("/")
     return len(parts) == 7 and parts[-2] in (LEVEL, THUMBNAIL_LEVEL) and parts[-1] == "zarr.json"
+
+
+def _describe_source(plan: ConversionPlan) -> str:
+    if plan.source is None:
+        return ""
+    parts = [plan.source.description]
+    if plan.source.metadata is not None:
+        parts.append(f"metadata {plan.source.metadata.describe()}")
+    parts.append(
+        f"embeddings {plan.source.embeddings.describe()}" if plan.source.embeddings is not None else "no embeddings"
+    )
+    return "; ".join(parts)
 
 
 def _clear_for_overwrite(store: StoreIO) -> None:
@@ -624,6 +656,7 @@ def _source_attrs(plan: ConversionPlan, options: ConvertOptions) -> dict[str, An
         "png_bytes": plan.total_png_bytes,
         "png_files": len(plan.png_bytes),
         "subset": options.subset(),
+        **({"found": plan.source.attrs()} if plan.source is not None else {}),
     }
 
 
@@ -831,10 +864,12 @@ def estimate(src: str, options: ConvertOptions | None = None, sample: int = 3, *
     options = _options(options, kwargs)
     plan = make_plan(
         src, options.src_storage_options, experiments=options.experiments, plates=options.plates,
-        limit=options.limit, on_error="fail", need_pixels=True,
+        limit=options.limit, on_error="fail", need_pixels=True, metadata_url=options.metadata,
+        embeddings_url=options.embeddings,
     )
     spec = site_spec(plan, options)
-    source = PngSource(_fs.portable_url(src), dict(options.src_storage_options))
+    assert plan.source is not None  # make_plan always resolves its source
+    source = PngSource(plan.source)
     picks = [plan.items[i] for i in np.linspace(0, len(plan.items) - 1, min(sample, len(plan.items))).astype(int)]
     reads, encodes, png, stored = [], [], 0, 0
     for item in picks:

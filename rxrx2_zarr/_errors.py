@@ -21,6 +21,7 @@ __all__ = [
     "StoreFormatError",
     "StoreLockedError",
     "StoreWriteError",
+    "TransferError",
     "VerificationError",
 ]
 
@@ -48,6 +49,14 @@ class SourceError(RxRx2ZarrError, FileNotFoundError):
 class SpecialFileError(RxRx2ZarrError, OSError):
     """A path names a FIFO, device, socket or directory (or a symlink to one) where a regular file is expected;
     refused without reading it (a FIFO would block forever)."""
+
+
+class TransferError(RxRx2ZarrError, OSError):
+    """Reading the source failed after bounded retries: an HTTP error status, a connection lost, a short transfer.
+
+    Not a problem of one image (so never skipped by ``--on-error skip``): the run stops, what was written stays
+    complete and ``--resume`` continues it. The message names the URL (and zip member) and the HTTP status.
+    """
 
 
 class StoreExistsError(RxRx2ZarrError, FileExistsError):

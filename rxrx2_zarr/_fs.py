@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import stat
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
 
-from ._errors import SpecialFileError
+from ._errors import SpecialFileError, TransferError
 
 __all__ = [
+    "RETRIES",
     "async_filesystem",
+    "fetch",
+    "is_http",
     "is_local",
     "is_process_local",
     "join",
+    "join_url",
     "object_store_overrides",
     "portable_url",
     "read_regular",
     "resolve",
+    "split_zip_url",
 ]
 
 #: Filesystems whose data lives in the memory of one process: a worker process sees its own, empty, copy.
@@ -196,3 +203,113 @@ def read_regular(fs: fsspec.AbstractFileSystem, path: str, name: str) -> bytes:
         with os.fdopen(fd, "rb") as handle:
             return handle.read()
     return bytes(fs.cat_file(path))
+def is_http(fs: fsspec.AbstractFileSystem) -> bool:
+    """HTTP(S): listings are parsed from HTML pages and carry no sizes; every file is fetched by URL."""
+    return _protocol(fs) in ("http", "https")
+
+
+def join_url(url: str, rel: str) -> str:
+    """``rel`` appended to the path of ``url``. In an fsspec chain (``simplecache::s3://b/p``) the path belongs to
+    the last link; a trailing ``/`` of ``url`` (an HTTP directory) is kept out of the result."""
+    if not rel:
+        return url
+    head, sep, last = url.rpartition("::")
+    return f"{head}{sep}{join(last, rel)}"
+
+
+def split_zip_url(url: str) -> tuple[str, str] | None:
+    """``zip://INNER::TARGET`` or ``zip::TARGET`` as ``(INNER, TARGET)``; None for any other URL.
+
+    ``INNER`` is a folder or member inside the archive (``""``: its root); ``TARGET`` the URL of the archive itself,
+    which may be chained in turn (``zip::simplecache::https://host/x.zip``).
+    """
+    text = str(url)
+    for prefix in ("zip://", "zip::"):
+        if text.startswith(prefix):
+            rest = text[len(prefix):]
+            if prefix == "zip::":
+                return "", rest
+            inner, sep, target = rest.partition("::")
+            if not sep or not target:
+                return None
+            return inner.strip("/"), target
+    return None
+
+
+# --- bounded retries of source reads ----------------------------------------------------------------------------
+
+#: A read that fails transiently (HTTP 5xx or 429, connection lost, short transfer) is tried this many times more.
+RETRIES = 3
+#: Pause before the first retry; doubled before each further one (0.25 + 0.5 + 1 s at most in all).
+BACKOFF_SECONDS = 0.25
+
+
+@functools.cache
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """aiohttp's error classes (HTTP filesystems), when aiohttp is installed: they are not all OSErrors."""
+    try:
+        import aiohttp
+    except ImportError:  # no HTTP filesystem without it
+        return ()
+    return (aiohttp.ClientError,)
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """What a transfer may fail with (a subset of which, by status, is retried): OSError, timeouts, aiohttp's."""
+    return (OSError, TimeoutError, *_client_errors())
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short account of a failed transfer: the HTTP status and reason when there is one."""
+    status = _status_of(exc)
+    if status is not None:
+        reason = getattr(exc, "message", "") or ""
+        return f"HTTP {status} {reason}".rstrip()
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}" if text != exc.__class__.__name__ else text
+
+
+def fetch(
+    what: str,
+    read: Callable[[], bytes],
+    *,
+    expected: int | None = None,
+    retries: int = RETRIES,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bytes:
+    """``read()``, retried (bounded, with backoff) when it fails transiently or returns other than ``expected``
+    bytes; then :class:`TransferError` naming ``what`` (a URL, or a member and its archive) and the last status.
+
+    Errors that retrying cannot fix propagate at once: ``FileNotFoundError`` (callers know whether a missing file is
+    the file's problem or the server's), permission errors, and HTTP 4xx statuses other than 408 and 429 (as a
+    TransferError).
+    """
+    problem = "no attempt"
+    transient = transient_errors()
+    for attempt in range(retries + 1):
+        if attempt:
+            sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+        try:
+            data = read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+            raise
+        except transient as exc:
+            status = _status_of(exc)
+            if status is not None and 400 <= status < 500 and status not in (408, 429):
+                raise TransferError(f"{what}: {describe_error(exc)}") from None
+            problem = describe_error(exc)
+            continue
+        if expected is not None and len(data) > expected:  # retrying would fetch as much again
+            raise TransferError(
+                f"{what}: {len(data)} bytes received for {expected} asked: the server ignores Range requests"
+            )
+        if expected is not None and len(data) < expected:
+            problem = f"short transfer: {len(data)} of {expected} bytes"
+            continue
+        return data
+    raise TransferError(f"{what}: {problem} (after {retries + 1} attempts)")

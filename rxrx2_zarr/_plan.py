@@ -24,13 +24,12 @@ from ._paths import CHANNELS, SiteKey, WellAddress, parse_image_path
 from ._png import HEADER_BYTES, PngHeader, check_header, max_file_bytes, read_png_header
 from ._schema import (
     EMBEDDINGS_NAMES,
-    METADATA_NAMES,
     align_embeddings,
-    load_embeddings,
+    parse_embeddings,
     read_metadata_csv,
     validate_metadata,
 )
-from ._storage import StoreIO
+from ._source import Source, SourceIO, resolve_source
 
 __all__ = ["ConversionPlan", "SiteItem", "Skip", "make_plan"]
 
@@ -87,23 +86,20 @@ class ConversionPlan:
     extra_files: int = 0
     embeddings_missing: int = 0
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    source: Source | None = None
+    """Where the images, metadata and embeddings were found (what the site workers open)."""
+    sizes_known: bool = True
+    """False when the listing had no sizes (HTTP): ``png_bytes`` is then 0 for every file."""
 
     @property
     def total_png_bytes(self) -> int:
         return int(sum(self.png_bytes.values()))
 
 
-def _read_text_frame(src: StoreIO, name: str) -> tuple[pd.DataFrame, npt.NDArray[np.int64], bytes]:
+def _read_text_frame(src: SourceIO, name: str) -> tuple[pd.DataFrame, npt.NDArray[np.int64], bytes]:
     raw = src.read(name)  # a FIFO or device in its place is refused by name, never opened
     frame, lines = read_metadata_csv(raw, name)
     return frame, lines, raw
-
-
-def _first_existing(src: StoreIO, names: Sequence[str]) -> str | None:
-    for name in names:
-        if src.exists(name):
-            return name
-    return None
 
 
 def store_order(frame: pd.DataFrame) -> pd.DataFrame:
@@ -129,14 +125,17 @@ def make_plan(
     limit: int | None = None,
     on_error: str = "fail",
     need_pixels: bool = True,
+    metadata_url: str | None = None,
+    embeddings_url: str | None = None,
 ) -> ConversionPlan:
-    """Validate the source and build the plan. ``on_error="skip"`` turns per-site problems into skips."""
-    src = StoreIO(src_url, storage_options)
-    if not src.root_exists():
-        raise SourceError(f"{src_url}: source directory does not exist")
-    metadata_name = _first_existing(src, METADATA_NAMES)
-    if metadata_name is None:
-        raise SourceError(f"{src_url}: no {' or '.join(METADATA_NAMES)} found (expected RxRx2's metadata file)")
+    """Validate the source and build the plan. ``on_error="skip"`` turns per-site problems into skips.
+
+    ``metadata_url`` / ``embeddings_url``: where those files are when not in the source (see :mod:`._source`).
+    """
+    source = resolve_source(src_url, storage_options, metadata=metadata_url, embeddings=embeddings_url)
+    src = source.open()
+    metadata_name = source.metadata_name
+    assert metadata_name is not None  # resolve_source refuses a source without metadata
     raw_frame, lines, raw_bytes = _read_text_frame(src, metadata_name)
     metadata = validate_metadata(raw_frame, source=metadata_name, lines=lines)
     _check_well_consistency(metadata, metadata_name)
@@ -211,8 +210,9 @@ def make_plan(
         size = _image_size(src, [k.image_paths()[0] for k in complete])
         # File sizes come with the listing, so these checks are free: a file too short to hold a PNG header, or
         # too large to be a PNG of this size (it would be read into memory whole), fails before any pixel.
+        # HTTP listings have no sizes: there the bytes read are checked, site by site.
         largest = max_file_bytes(size)
-        for key in complete:
+        for key in complete if src.sizes_known else ():
             for path in key.image_paths():
                 nbytes = png_sizes[path]
                 if nbytes < HEADER_BYTES:
@@ -255,6 +255,8 @@ def make_plan(
         extra_files=extra_files,
         embeddings_missing=missing_embeddings,
         warnings=tuple(warnings),
+        source=source,
+        sizes_known=src.sizes_known or not need_pixels,
     )
 
 
@@ -295,7 +297,7 @@ def _raise_site_problems(src_url: str, problems: Mapping[str, Sequence[str]], he
     raise SourceError(f"{src_url}: {head}:\n  {listed}{more}")
 
 
-def _image_size(src: StoreIO, paths: Sequence[str]) -> tuple[int, int]:
+def _image_size(src: SourceIO, paths: Sequence[str]) -> tuple[int, int]:
     """The dataset's image size: the most common header among up to :data:`SIZE_SAMPLE` evenly spaced sites.
 
     Each header is bounded (:data:`rxrx2_zarr._png.MAX_EDGE`) before it is trusted, so a hostile header cannot
@@ -318,7 +320,7 @@ def _image_size(src: StoreIO, paths: Sequence[str]) -> tuple[int, int]:
     return max(sizes, key=lambda s: sizes[s])  # ties: the first size seen (dicts keep insertion order)
 
 
-def _image_size_or_default(src: StoreIO, keys: Sequence[SiteKey]) -> tuple[int, int]:
+def _image_size_or_default(src: SourceIO, keys: Sequence[SiteKey]) -> tuple[int, int]:
     """Without pixels, take the size from the first image if the tree has one, else RxRx2's 1024 x 1024."""
     first = keys[0].image_paths()[0]
     if src.exists(first):
@@ -327,13 +329,13 @@ def _image_size_or_default(src: StoreIO, keys: Sequence[SiteKey]) -> tuple[int, 
 
 
 def _embeddings(
-    src: StoreIO, metadata: pd.DataFrame, selected: pd.DataFrame, on_error: str, warnings: list[str]
+    src: SourceIO, metadata: pd.DataFrame, selected: pd.DataFrame, on_error: str, warnings: list[str]
 ) -> tuple[npt.NDArray[np.float32] | None, tuple[str, ...], int]:
-    name = _first_existing(src, EMBEDDINGS_NAMES)
+    name = src.source.embeddings_name
     if name is None:
         warnings.append(f"no {' or '.join(EMBEDDINGS_NAMES)}: the store has no embeddings")
         return None, (), len(selected)
-    table = load_embeddings(src.url.rstrip("/") + "/" + name, src.storage_options, name=name)
+    table = parse_embeddings(src.read(name), name)
     aligned = align_embeddings(table, selected["site_id"].tolist(), metadata["site_id"].tolist())
     if aligned.unknown:
         message = f"{name}: {len(aligned.unknown)} site_id(s) not in the metadata, e.g. {list(aligned.unknown[:MAX_LISTED])}"

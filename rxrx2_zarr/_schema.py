@@ -30,6 +30,7 @@ __all__ = [
     "find_source_file",
     "load_embeddings",
     "load_metadata",
+    "parse_embeddings",
     "read_metadata_csv",
     "validate_metadata",
 ]
@@ -327,7 +328,12 @@ def load_embeddings(
     ``name``, if given, is how errors name the file (default: the URL). Every row must have exactly K + 1 fields, all features numeric and finite, every site_id present once.
     """
     url, raw = _read_source(url, EMBEDDINGS_NAMES, storage_options, "embeddings", name)
-    url = name or url  # errors name the file as the caller knows it (the converter: relative to SRC)
+    # errors name the file as the caller knows it (the converter: relative to SRC)
+    return parse_embeddings(raw, name or url)
+
+
+def parse_embeddings(raw: bytes, url: str) -> Embeddings:
+    """Parse and check the bytes of an embeddings CSV (see :func:`load_embeddings`); ``url`` names it in errors."""
     if raw.startswith(_BOM):  # written by spreadsheet tools; not part of the first column's name
         raw = raw[len(_BOM) :]
     lines = raw.splitlines()

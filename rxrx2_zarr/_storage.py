@@ -148,8 +148,7 @@ class StoreIO:
             base = self.path(prefix) if prefix else self.root
             if not self.fs.exists(base):
                 return {}
-            strip = len(self.root.rstrip("/")) + 1
-            return {str(p)[strip:]: 0 for p in self.fs.find(base)}
+            return {self._relative(p): 0 for p in self.fs.find(base)}
         return {key: size for key, (size, _) in self.find_typed(prefix).items()}
 
     def find_typed(self, prefix: str = "") -> dict[str, tuple[int, str | None]]:
@@ -160,7 +159,6 @@ class StoreIO:
         if not self.fs.exists(base):
             return {}
         found = self.fs.find(base, detail=True)
-        strip = len(self.root.rstrip("/")) + 1
         out: dict[str, tuple[int, str | None]] = {}
         for p, info in found.items():
             special: str | None = None
@@ -169,8 +167,16 @@ class StoreIO:
                     special = _fs.special_file_kind(str(p)) or "not a regular file"
                 except OSError:
                     special = "unreadable"
-            out[str(p)[strip:]] = (int(info.get("size") or 0), special)
+            out[self._relative(str(p))] = (int(info.get("size") or 0), special)
         return out
+
+    def _relative(self, path: str) -> str:
+        """A listed path as a key: relative to the root, whatever the root (empty at the top of a zip, a URL)."""
+        text = str(path)
+        root = self.root.rstrip("/")
+        if root and text.startswith(root + "/"):
+            return text[len(root) + 1 :]
+        return text.lstrip("/") if not root else text[len(root) :].lstrip("/")
 
     # --- writes ---------------------------------------------------------------------------------------------------
 

@@ -151,16 +151,21 @@ def verify(
     storage_options: Mapping[str, Any] | None = None,
     src_storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
+    metadata: str | None = None,
+    embeddings: str | None = None,
 ) -> VerifyReport:
     """Compare the store ``dst`` with the RxRx2 tree ``src`` (or with the store ``src`` it was transcoded from);
-    the report lists every problem found."""
+    the report lists every problem found.
+
+    ``metadata`` / ``embeddings``: where those files are when not in ``src`` (as for ``convert``)."""
     with warnings.catch_warnings():
         # zarr-python warns that numcodecs codecs are outside the v3 spec, and ome-zarr-models about the version
         # field, once per node: known and harmless here, and they would drown the report
         warnings.filterwarnings("ignore", message=".*Numcodecs codecs are not in the Zarr version 3 specification.*")
         warnings.filterwarnings("ignore", module="ome_zarr_models.*")
         warnings.filterwarnings("ignore", message=".*'version' field not specified.*")
-        return _verify(src, dst, sample, seed, workers, storage_options, src_storage_options, progress)
+        return _verify(src, dst, sample, seed, workers, storage_options, src_storage_options, progress, metadata,
+                       embeddings)
 
 
 def _verify(
@@ -172,6 +177,8 @@ def _verify(
     storage_options: Mapping[str, Any] | None,
     src_storage_options: Mapping[str, Any] | None,
     progress: bool,
+    metadata: str | None = None,
+    embeddings: str | None = None,
 ) -> VerifyReport:
 
     dst_options = dict(storage_options or {})
@@ -204,8 +211,11 @@ def _verify(
             limit=subset.get("limit"),
             on_error="skip",
             need_pixels=bool(attrs.get("pixels", True)),
+            metadata_url=metadata,
+            embeddings_url=embeddings,
         )
-        source = PngSource(src, src_options)
+        assert plan.source is not None  # make_plan always resolves its source
+        source = PngSource(plan.source)
     index = _read_index(store)
     report.sites_in_store = len(index)
     _compare_parquet(store, attrs, index, report)

@@ -76,6 +76,19 @@ def _plate_numbers(value: str | None) -> tuple[int, ...] | None:
     return tuple(numbers) or None
 
 
+def source_file_flags(function: F) -> F:
+    """``--metadata`` and ``--embeddings``: RxRx2 publishes them apart from the images."""
+    function = click.option(
+        "--embeddings", default=None, metavar="PATH_OR_URL",
+        help="embeddings.csv when not in SRC: a path, URL, zip member (zip://rxrx2/embeddings.csv::x.zip) or an "
+             "archive or folder holding it.")(function)
+    function = click.option(
+        "--metadata", default=None, metavar="PATH_OR_URL",
+        help="metadata.csv when not in SRC: a path, URL, zip member (zip://rxrx2/metadata.csv::x.zip) or an "
+             "archive or folder holding it.")(function)
+    return function
+
+
 def storage_option_flags(function: F) -> F:
     function = click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
                             help="fsspec storage option for every URL of the command (repeatable).")(function)
@@ -150,6 +163,7 @@ def synth(out: str, experiments: int, plates: int, wells: int, sites: int, size:
 @click.option("--workers", default=1, show_default=True, help="Parallel workers (threads, or processes with --processes).")
 @click.option("--processes", is_flag=True, help="Run on a local Dask cluster of --workers processes.")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster.")
+@source_file_flags
 @storage_option_flags
 @click.option("--src-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for SRC only.")
 @click.option("--dst-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for DST only.")
@@ -160,8 +174,12 @@ def convert(src: str, dst: str, profile: str, inner_chunks: str | None, level: i
             experiments: str | None,
             plates: str | None, limit: int | None, no_pixels: bool, on_error: str, overwrite: bool, resume: bool,
             break_lock: bool, workers: int, processes: bool, scheduler: str | None, storage_option: Sequence[str],
-            src_storage_option: Sequence[str], dst_storage_option: Sequence[str], dry_run: bool, quiet: bool) -> None:
-    """Convert the RxRx2 tree SRC into the Zarr store DST (paths or fsspec URLs)."""
+            src_storage_option: Sequence[str], dst_storage_option: Sequence[str], dry_run: bool, quiet: bool,
+            metadata: str | None, embeddings: str | None) -> None:
+    """Convert the RxRx2 tree SRC into the Zarr store DST (paths or fsspec URLs).
+
+    SRC may be a directory, a zip archive (a .zip path, https://host/x.zip) or any fsspec URL, chained ones too
+    (zip::https://host/x.zip, zip://rxrx2::s3://bucket/x.zip, https://host/rxrx2/): archives are read in place."""
     from ._convert import ConvertOptions, estimate
     from ._convert import convert as run
 
@@ -178,6 +196,7 @@ def convert(src: str, dst: str, profile: str, inner_chunks: str | None, level: i
             scheduler=scheduler, progress=not quiet,
             src_storage_options=_merge(common, parse_storage_options(src_storage_option)),
             dst_storage_options=_merge(common, parse_storage_options(dst_storage_option)),
+            metadata=metadata, embeddings=embeddings,
         )
         return estimate(src, options) if dry_run else run(src, dst, options)
 
@@ -237,12 +256,14 @@ def transcode(src: str, dst: str, profile: str, inner_chunks: str | None, level:
 @click.option("--sample", type=int, default=None, help="Compare the pixels of N random sites instead of all.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --sample draw.")
 @click.option("--workers", default=2, show_default=True, help="Threads decoding in parallel.")
+@source_file_flags
 @storage_option_flags
 @click.option("--src-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for SRC only.")
 @click.option("--dst-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for DST only.")
 @click.option("--quiet", is_flag=True)
 def verify(src: str, dst: str, sample: int | None, seed: int, workers: int, storage_option: Sequence[str],
-           src_storage_option: Sequence[str], dst_storage_option: Sequence[str], quiet: bool) -> None:
+           src_storage_option: Sequence[str], dst_storage_option: Sequence[str], quiet: bool,
+           metadata: str | None, embeddings: str | None) -> None:
     """Check DST against SRC (the RxRx2 tree, or the store DST was transcoded from): every pixel, thumbnail and
     checksum, NGFF metadata, index and embeddings."""
     from ._verify import verify as run
@@ -251,7 +272,8 @@ def verify(src: str, dst: str, sample: int | None, seed: int, workers: int, stor
     src_options = _merge(common, parse_storage_options(src_storage_option))
     dst_options = _merge(common, parse_storage_options(dst_storage_option))
     report = _run(lambda: run(src, dst, sample=sample, seed=seed, workers=workers, storage_options=dst_options,
-                              src_storage_options=src_options, progress=not quiet))
+                              src_storage_options=src_options, progress=not quiet, metadata=metadata,
+                              embeddings=embeddings))
     click.echo(report.summary())
     if not report.ok:
         sys.exit(1)
