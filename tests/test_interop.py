@@ -1,0 +1,111 @@
+"""Interoperability: which peer tools open a store of each codec profile, with pixels equal to the PNGs.
+
+Parametrized over ``rxrx2_zarr.PROFILES`` x the tools of ``tests/_interop.py``; each check runs in a subprocess
+where ``rxrx2_zarr`` and ``pcodec`` cannot be imported. The expected outcome comes from what the profile's codec
+chain needs (``_interop.EXPECTED``): a profile of Zarr v3 core codecs must open in every tool, and any other
+profile must fail where its codecs are missing, so an unexpected success fails the test as well.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+import zarr
+from _interop import (
+    CORE_CODECS,
+    EXPECTED,
+    TOOLS,
+    Site,
+    codec_names,
+    first_site,
+    profile_kind,
+    run_check,
+)
+
+from rxrx2_zarr import PROFILES
+from rxrx2_zarr._synth import synth
+
+
+@pytest.fixture(scope="module")
+def interop_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One plate, 2 wells x 2 sites of 96 x 96: enough for a plate view, quick to convert with every profile."""
+    out = tmp_path_factory.mktemp("interop-src") / "rxrx2"
+    synth(str(out), experiments=1, plates=1, wells=2, sites=2, size=96, embedding_dim=4, seed=11)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sites(interop_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Site]:
+    """Per profile: the store converted from ``interop_source`` (32 x 32 inner chunks) and its first site."""
+    from _interop import convert_profile
+
+    root = tmp_path_factory.mktemp("interop-stores")
+    return {
+        p: first_site(convert_profile(interop_source, root / f"{p}.zarr", p), interop_source) for p in PROFILES
+    }
+
+
+def test_profile_kinds_cover_every_profile() -> None:
+    for profile in PROFILES:
+        kind = profile_kind(profile)
+        assert kind in EXPECTED
+        assert (kind == "core") == (set(codec_names(profile)) <= CORE_CODECS)
+    # the profiles documented as standard are standard
+    for profile in ("fast", "zstd", "standard"):
+        if profile in PROFILES:
+            assert profile_kind(profile) == "core", codec_names(profile)
+    assert profile_kind("balanced") == "numcodecs"
+    assert profile_kind("compact") == "package"
+
+
+@pytest.mark.parametrize("tool", list(TOOLS))
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_tool_opens_profile_as_expected(profile: str, tool: str, sites: dict[str, Site], tmp_path: Path) -> None:
+    expected = EXPECTED[profile_kind(profile)][tool]
+    outcome = run_check(tool, profile, sites[profile], tmp_path)
+    if expected:
+        assert outcome.opened, f"{TOOLS[tool].label} should read {profile!r} stores: {outcome.error}"
+    else:
+        assert not outcome.opened, f"{TOOLS[tool].label} unexpectedly read a {profile!r} store (codecs {codec_names(profile)})"
+
+
+def test_isolation_blocks_the_package_and_pcodec(tmp_path: Path, sites: dict[str, Site]) -> None:
+    """The subprocess really lacks rxrx2_zarr: this package's own codec cannot be loaded there."""
+    outcome = run_check("zarr-python", "compact", sites["compact"], tmp_path)
+    assert not outcome.opened
+    assert outcome.error is not None and "rxrx2.vpredict" in outcome.error
+
+
+def test_tensorstore_reads_the_numeric_index_but_not_the_string_index(sites: dict[str, Site]) -> None:
+    """tensorstore has no vlen-utf8 codec (README: it cannot read the string index arrays)."""
+    store = sites["fast"].store
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(store / "index/plate")}}
+    plates = ts.open(spec).result().read().result()
+    np.testing.assert_array_equal(plates, zarr.open_array(str(store / "index/plate"), mode="r")[...])
+    with pytest.raises(ValueError, match="string data type is not one of the supported data types"):
+        ts.open({**spec, "kvstore": {"driver": "file", "path": str(store / "index/site_id")}}).result()
+
+
+def test_crc32c_after_zstd_in_the_inner_chain_reads_in_tensorstore(tmp_path: Path) -> None:
+    """The standard profile's inner chain (bytes, zstd, crc32c inside sharding_indexed) is accepted by both."""
+    data = np.random.default_rng(0).integers(0, 40, (6, 64, 64), dtype=np.uint8)
+    path = tmp_path / "crc.zarr"
+    array = zarr.create_array(
+        str(path),
+        shape=data.shape,
+        dtype="uint8",
+        shards=(6, 64, 64),
+        chunks=(1, 32, 32),
+        compressors=[zarr.codecs.ZstdCodec(level=15), zarr.codecs.Crc32cCodec()],
+        dimension_names=("c", "y", "x"),
+    )
+    array[...] = data
+    codecs = zarr.open_array(str(path), mode="r").metadata.to_dict()["codecs"]
+    assert codecs[0]["name"] == "sharding_indexed"
+    assert [c["name"] for c in codecs[0]["configuration"]["codecs"]] == ["bytes", "zstd", "crc32c"]
+    np.testing.assert_array_equal(zarr.open_array(str(path), mode="r")[...], data)
+    got = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}).result().read().result()
+    np.testing.assert_array_equal(got, data)
