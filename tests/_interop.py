@@ -67,6 +67,16 @@ class Tool:
 
 _ALONE = ("rxrx2_zarr", "pcodec")
 
+#: After a tool's ``check(job)``: run every job (one store each) in its own thread, one after the other.
+POSTAMBLE = textwrap.dedent(
+    """
+    for job in ARGS["jobs"]:
+        worker = threading.Thread(target=check, args=(job,), name=job["error"])
+        worker.start()
+        worker.join()
+    """
+)
+
 #: The preamble of every subprocess: make ``blocked`` modules unimportable and prove it.
 PREAMBLE = textwrap.dedent(
     """
@@ -74,20 +84,32 @@ PREAMBLE = textwrap.dedent(
     import importlib.metadata
     import json
     import sys
+    import threading
 
     ARGS = json.loads(sys.argv[1])
     BLOCKED = tuple(json.loads(sys.argv[2]))
 
 
-    def _record(kind, error, tb):
+    def _write(path, kind, error):
         # the exception line, for the parent (stderr may end with asyncio's "Task was destroyed" noise)
         name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-        with open(ARGS["error"], "w") as f:
+        with open(path, "w") as f:
             f.write(f"{name}: {error}")
+
+
+    def _main_hook(kind, error, tb):
+        _write(ARGS["error"], kind, error)
         sys.__excepthook__(kind, error, tb)
 
 
-    sys.excepthook = _record
+    def _thread_hook(hook):
+        # each job runs in its own thread: an uncaught exception there is that job's outcome
+        _write(hook.thread.name, hook.exc_type, hook.exc_value)
+        threading.__excepthook__(hook)
+
+
+    sys.excepthook = _main_hook
+    threading.excepthook = _thread_hook
 
 
     class _Blocker(importlib.abc.MetaPathFinder):
@@ -129,58 +151,64 @@ TOOLS: Mapping[str, Tool] = {
         "zarr-python alone",
         _ALONE,
         """
-import zarr
-np.save(ARGS["out"], zarr.open_array(ARGS["array"], mode="r")[...])
+def check(job):
+    import zarr
+    np.save(job["out"], zarr.open_array(job["array"], mode="r")[...])
 """,
     ),
     "zarr-python+pcodec": Tool(
         "zarr-python + pcodec",
         ("rxrx2_zarr",),
         """
-import zarr
-np.save(ARGS["out"], zarr.open_array(ARGS["array"], mode="r")[...])
+def check(job):
+    import zarr
+    np.save(job["out"], zarr.open_array(job["array"], mode="r")[...])
 """,
     ),
     "tensorstore": Tool(
         "tensorstore",
         _ALONE,
         """
-import tensorstore as ts
-t = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": ARGS["array"]}}).result()
-np.save(ARGS["out"], t.read().result())
+def check(job):
+    import tensorstore as ts
+    t = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": job["array"]}}).result()
+    np.save(job["out"], t.read().result())
 """,
     ),
     "ngff-zarr": Tool(
         "ngff-zarr",
         _ALONE,
         """
-import ngff_zarr
-multiscales = ngff_zarr.from_ngff_zarr(ARGS["image"])
-np.save(ARGS["out"], np.asarray(multiscales.images[0].data))
+def check(job):
+    import ngff_zarr
+    multiscales = ngff_zarr.from_ngff_zarr(job["image"])
+    np.save(job["out"], np.asarray(multiscales.images[0].data))
 """,
     ),
     "ome-zarr-image": Tool(
         "ome-zarr-py (image)",
         _ALONE,
         """
-from ome_zarr.io import parse_url
-from ome_zarr.reader import Reader
-nodes = list(Reader(parse_url(ARGS["image"]))())
-np.save(ARGS["out"], np.asarray(nodes[0].data[0]))
+def check(job):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    nodes = list(Reader(parse_url(job["image"]))())
+    np.save(job["out"], np.asarray(nodes[0].data[0]))
 """,
     ),
     "ome-zarr-plate": Tool(
         "ome-zarr-py (plate)",
         _ALONE,
         """
-from ome_zarr.io import parse_url
-from ome_zarr.reader import Reader
-nodes = list(Reader(parse_url(ARGS["plate"]))())
-plate = nodes[0].data[0]  # the full-resolution level: the first field of every well, stitched on the plate grid
-rows, columns = ARGS["grid"]
-h, w = plate.shape[-2] // rows, plate.shape[-1] // columns
-r, c = ARGS["cell"]
-np.save(ARGS["out"], np.asarray(plate[..., r * h:(r + 1) * h, c * w:(c + 1) * w]))
+def check(job):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    nodes = list(Reader(parse_url(job["plate"]))())
+    plate = nodes[0].data[0]  # the full-resolution level: the first field of every well, stitched on the plate grid
+    rows, columns = job["grid"]
+    h, w = plate.shape[-2] // rows, plate.shape[-1] // columns
+    r, c = job["cell"]
+    np.save(job["out"], np.asarray(plate[..., r * h:(r + 1) * h, c * w:(c + 1) * w]))
 """,
     ),
 }
@@ -257,10 +285,12 @@ def convert_profile(source: Path, out: Path, profile: str, inner_chunks: tuple[i
 
 def first_site(store: Path, source: Path, plate: str = "HUVEC-1/Plate1") -> Site:
     """The first field of the plate's first well: the one site that ome-zarr-py's plate view shows for that well."""
-    ome: Any = zarr.open_group(str(store / plate), mode="r").attrs["ome"]["plate"]
+    plate_attrs: Any = zarr.open_group(str(store / plate), mode="r").attrs.asdict()
+    ome = plate_attrs["ome"]["plate"]
     well = sorted(w["path"] for w in ome["wells"])[0]
     row, column = well.split("/")
-    field = zarr.open_group(str(store / plate / well), mode="r").attrs["ome"]["well"]["images"][0]["path"]
+    well_attrs: Any = zarr.open_group(str(store / plate / well), mode="r").attrs.asdict()
+    field = well_attrs["ome"]["well"]["images"][0]["path"]
     rows = [r["name"] for r in ome["rows"]]
     columns = [c["name"] for c in ome["columns"]]
     return Site(
@@ -274,31 +304,57 @@ def first_site(store: Path, source: Path, plate: str = "HUVEC-1/Plate1") -> Site
     )
 
 
-def run_check(tool: str, profile: str, site: Site, workdir: Path, timeout: float = 120) -> Outcome:
-    """Run one tool on one site in an isolated subprocess; compare what it read with the PNGs."""
+class HarnessError(RuntimeError):
+    """The isolated subprocess itself failed (not a tool's read): no outcome can be trusted."""
+
+
+def run_tool(tool: str, sites: Mapping[str, Site], workdir: Path, timeout: float = 300) -> dict[str, Outcome]:
+    """Run one tool on one site per profile, in one isolated subprocess (each read in its own thread, so a
+    failure is that profile's outcome); compare what it read with the PNGs. Raises ``HarnessError`` when the
+    subprocess itself fails (for example, when the blocked modules turn out importable)."""
     spec = TOOLS[tool]
-    out = workdir / f"{tool}-{profile}.npy"
-    args = {
-        "array": str(site.store / site.array),
-        "image": str(site.store / site.image),
-        "plate": str(site.store / site.plate),
-        "grid": list(site.grid),
-        "cell": list(site.cell),
-        "out": str(out),
-        "error": str(out.with_suffix(".error")),
-    }
+    outs = {profile: workdir / f"{tool}-{profile}.npy" for profile in sites}
+    for out in outs.values():
+        out.unlink(missing_ok=True)
+        out.with_suffix(".error").unlink(missing_ok=True)
+    jobs = [
+        {
+            "array": str(site.store / site.array),
+            "image": str(site.store / site.image),
+            "plate": str(site.store / site.plate),
+            "grid": list(site.grid),
+            "cell": list(site.cell),
+            "out": str(outs[profile]),
+            "error": str(outs[profile].with_suffix(".error")),
+        }
+        for profile, site in sites.items()
+    ]
+    harness_error = workdir / f"{tool}.error"
     result = subprocess.run(
-        [sys.executable, "-c", PREAMBLE + spec.code, json.dumps(args), json.dumps(list(spec.blocked))],
+        [
+            sys.executable,
+            "-c",
+            PREAMBLE + spec.code + POSTAMBLE,
+            json.dumps({"jobs": jobs, "error": str(harness_error)}),
+            json.dumps(list(spec.blocked)),
+        ],
         cwd=workdir,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     if result.returncode != 0:
-        error = out.with_suffix(".error")
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        message = error.read_text() if error.exists() else (lines[-1] if lines else f"exit status {result.returncode}")
-        return Outcome(tool, profile, False, message)
+        detail = harness_error.read_text() if harness_error.exists() else result.stderr[-2000:]
+        raise HarnessError(f"{tool} subprocess exited {result.returncode}: {detail}")
+    return {profile: _outcome(tool, profile, site, outs[profile]) for profile, site in sites.items()}
+
+
+def _outcome(tool: str, profile: str, site: Site, out: Path) -> Outcome:
+    error = out.with_suffix(".error")
+    if error.exists():
+        return Outcome(tool, profile, False, error.read_text())
+    if not out.exists():
+        return Outcome(tool, profile, False, "no output and no exception")
     got = np.load(out)
     want = png_pixels(site.source, site.png_stem)
     if got.shape != want.shape:
@@ -329,12 +385,8 @@ def markdown_table(outcomes: Iterable[Outcome]) -> str:
 
 def collect(source: Path, profiles: Iterable[str], workdir: Path) -> list[Outcome]:
     """Convert ``source`` with each profile under ``workdir`` and run every tool on each store."""
-    outcomes = []
-    for profile in profiles:
-        store = convert_profile(source, workdir / f"{profile}.zarr", profile)
-        site = first_site(store, source)
-        outcomes.extend(run_check(tool, profile, site, workdir) for tool in TOOLS)
-    return outcomes
+    sites = {p: first_site(convert_profile(source, workdir / f"{p}.zarr", p), source) for p in profiles}
+    return [outcome for tool in TOOLS for outcome in run_tool(tool, sites, workdir).values()]
 
 
 def main() -> None:

@@ -8,8 +8,11 @@ profile must fail where its codecs are missing, so an unexpected success fails t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
+import _interop
 import numpy as np
 import pytest
 import tensorstore as ts
@@ -18,12 +21,16 @@ from _interop import (
     CORE_CODECS,
     EXPECTED,
     TOOLS,
+    HarnessError,
+    Outcome,
     Site,
     codec_names,
+    convert_profile,
     first_site,
     profile_kind,
-    run_check,
+    run_tool,
 )
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from rxrx2_zarr import PROFILES
 from rxrx2_zarr._synth import synth
@@ -40,8 +47,6 @@ def interop_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sites(interop_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Site]:
     """Per profile: the store converted from ``interop_source`` (32 x 32 inner chunks) and its first site."""
-    from _interop import convert_profile
-
     root = tmp_path_factory.mktemp("interop-stores")
     return {
         p: first_site(convert_profile(interop_source, root / f"{p}.zarr", p), interop_source) for p in PROFILES
@@ -61,22 +66,40 @@ def test_profile_kinds_cover_every_profile() -> None:
     assert profile_kind("compact") == "package"
 
 
+@pytest.fixture(scope="module")
+def outcomes(sites: dict[str, Site], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Outcome]:
+    """Every (profile, tool) outcome: one isolated subprocess per tool, reading one site of every profile."""
+    work = tmp_path_factory.mktemp("interop-runs")
+    return {(p, tool): o for tool in TOOLS for p, o in run_tool(tool, sites, work).items()}
+
+
 @pytest.mark.parametrize("tool", list(TOOLS))
 @pytest.mark.parametrize("profile", list(PROFILES))
-def test_tool_opens_profile_as_expected(profile: str, tool: str, sites: dict[str, Site], tmp_path: Path) -> None:
+def test_tool_opens_profile_as_expected(profile: str, tool: str, outcomes: dict[tuple[str, str], Outcome]) -> None:
     expected = EXPECTED[profile_kind(profile)][tool]
-    outcome = run_check(tool, profile, sites[profile], tmp_path)
+    outcome = outcomes[(profile, tool)]
     if expected:
         assert outcome.opened, f"{TOOLS[tool].label} should read {profile!r} stores: {outcome.error}"
     else:
         assert not outcome.opened, f"{TOOLS[tool].label} unexpectedly read a {profile!r} store (codecs {codec_names(profile)})"
+        assert outcome.error is not None and not outcome.error.startswith(("wrong", "no output")), (
+            f"{TOOLS[tool].label} returned wrong pixels for {profile!r} instead of an error: {outcome.error}"
+        )
 
 
-def test_isolation_blocks_the_package_and_pcodec(tmp_path: Path, sites: dict[str, Site]) -> None:
-    """The subprocess really lacks rxrx2_zarr: this package's own codec cannot be loaded there."""
-    outcome = run_check("zarr-python", "compact", sites["compact"], tmp_path)
-    assert not outcome.opened
-    assert outcome.error is not None and "rxrx2.vpredict" in outcome.error
+def test_isolation_hides_the_package_and_pcodec(outcomes: dict[tuple[str, str], Outcome]) -> None:
+    """The subprocesses really lack rxrx2_zarr (its codec is unknown, not merely failing to import) and pcodec."""
+    assert outcomes[("compact", "zarr-python")].error == "zarr.errors.UnknownCodecError: Unknown codec: 'rxrx2.vpredict'"
+    assert outcomes[("balanced", "zarr-python")].error == "numcodecs.errors.UnknownCodecError: codec not available: ''pcodec''"
+    assert outcomes[("balanced", "zarr-python+pcodec")].opened
+
+
+def test_harness_refuses_a_leaky_isolation(sites: dict[str, Site], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the blocked modules were importable, the harness errors out instead of reporting outcomes."""
+    leaky = dataclasses.replace(TOOLS["zarr-python"], blocked=("json",))  # imported by the preamble itself
+    monkeypatch.setitem(_interop.TOOLS, "leaky", leaky)
+    with pytest.raises(HarnessError, match="json imported before the blocker"):
+        run_tool("leaky", {"fast": sites["fast"]}, tmp_path)
 
 
 def test_tensorstore_reads_the_numeric_index_but_not_the_string_index(sites: dict[str, Site]) -> None:
@@ -99,11 +122,11 @@ def test_crc32c_after_zstd_in_the_inner_chain_reads_in_tensorstore(tmp_path: Pat
         dtype="uint8",
         shards=(6, 64, 64),
         chunks=(1, 32, 32),
-        compressors=[zarr.codecs.ZstdCodec(level=15), zarr.codecs.Crc32cCodec()],
+        compressors=[ZstdCodec(level=15), Crc32cCodec()],
         dimension_names=("c", "y", "x"),
     )
     array[...] = data
-    codecs = zarr.open_array(str(path), mode="r").metadata.to_dict()["codecs"]
+    codecs: Any = zarr.open_array(str(path), mode="r").metadata.to_dict()["codecs"]
     assert codecs[0]["name"] == "sharding_indexed"
     assert [c["name"] for c in codecs[0]["configuration"]["codecs"]] == ["bytes", "zstd", "crc32c"]
     np.testing.assert_array_equal(zarr.open_array(str(path), mode="r")[...], data)
