@@ -132,3 +132,69 @@ def test_crc32c_after_zstd_in_the_inner_chain_reads_in_tensorstore(tmp_path: Pat
     np.testing.assert_array_equal(zarr.open_array(str(path), mode="r")[...], data)
     got = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}).result().read().result()
     np.testing.assert_array_equal(got, data)
+
+
+def test_crc32c_in_the_inner_chain_catches_a_flipped_bit_in_tensorstore_and_zarr(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).integers(0, 40, (6, 64, 64), dtype=np.uint8)
+    path = tmp_path / "flip.zarr"
+    array = zarr.create_array(
+        str(path), shape=data.shape, dtype="uint8", shards=(6, 64, 64), chunks=(1, 32, 32),
+        compressors=[ZstdCodec(level=15), Crc32cCodec()],
+    )
+    array[...] = data
+    shard = path / "c/0/0/0"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 4] ^= 0x10  # inside the first inner chunks' zstd payload, before the shard index
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="Digest mismatch"):
+        ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}).result().read().result()
+    with pytest.raises(ValueError, match="Stored and computed checksum do not match"):
+        zarr.open_array(str(path), mode="r")[...]
+
+
+def _two_level_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An NGFF 0.5 image with a full level "0" and a 1/8 thumbnail level "1" (scale [1, 8, 8])."""
+    full = np.random.default_rng(2).integers(0, 50, (6, 96, 96), dtype=np.uint8)
+    thumb = np.round(full.reshape(6, 12, 8, 12, 8).mean(axis=(2, 4))).astype(np.uint8)
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    axes: Any = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    datasets: Any = [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]},
+        {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 8.0, 8.0]}]},
+    ]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"name": "site", "axes": axes, "datasets": datasets}]}
+    for level, pixels, chunks in (("0", full, (1, 32, 32)), ("1", thumb, thumb.shape)):
+        group.create_array(level, shape=pixels.shape, dtype="uint8", chunks=chunks, dimension_names=("c", "y", "x"))[...] = pixels
+    return full, thumb
+
+
+def test_ngff_zarr_and_ome_zarr_read_a_thumbnail_level(tmp_path: Path) -> None:
+    import ngff_zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    full, thumb = _two_level_image(tmp_path / "image.zarr")
+    multiscales = ngff_zarr.from_ngff_zarr(str(tmp_path / "image.zarr"), validate=True)
+    assert [im.scale for im in multiscales.images] == [{"c": 1.0, "y": 1.0, "x": 1.0}, {"c": 1.0, "y": 8.0, "x": 8.0}]
+    for image, want in zip(multiscales.images, (full, thumb), strict=True):
+        np.testing.assert_array_equal(np.asarray(image.data), want)
+    (node,) = list(Reader(parse_url(str(tmp_path / "image.zarr")))())
+    assert [d.shape for d in node.data] == [full.shape, thumb.shape]
+    assert node.metadata["coordinateTransformations"][1] == [{"type": "scale", "scale": [1.0, 8.0, 8.0]}]
+    np.testing.assert_array_equal(np.asarray(node.data[1]), thumb)
+
+
+def test_ome_zarr_plate_pyramid_has_every_level_of_the_first_field(sites: dict[str, Site]) -> None:
+    """ome-zarr-py stitches one plate image per level of the first field (a thumbnail level becomes the plate's
+    low-resolution level); its node takes its metadata, name included, from that field's image."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    site = sites["fast"]
+    attrs: Any = zarr.open_group(str(site.store / site.image), mode="r").attrs.asdict()
+    multiscale = attrs["ome"]["multiscales"][0]
+    levels = [zarr.open_array(str(site.store / site.image / d["path"]), mode="r").shape for d in multiscale["datasets"]]
+    nodes = list(Reader(parse_url(str(site.store / site.plate)))())
+    rows, columns = site.grid
+    assert [d.shape for d in nodes[0].data] == [(c, y * rows, x * columns) for c, y, x in levels]
+    assert nodes[0].metadata["name"] == multiscale.get("name")
