@@ -296,7 +296,7 @@ def fetch(
             sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
         try:
             data = read()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, SpecialFileError):
             raise
         except transient as exc:
             status = _status_of(exc)

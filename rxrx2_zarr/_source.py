@@ -300,7 +300,8 @@ def read_ref(ref: FileRef, storage_options: Mapping[str, Any] | None, name: str)
             raise SourceError(f"{name}: {exc}") from None
     fs, path = _fs.resolve(ref.url, storage_options)
     try:
-        return _fs.fetch(ref.url, lambda: bytes(fs.cat_file(path)))
+        # read_regular: locally, a FIFO or device in the file's place is refused by name, never opened
+        return _fs.fetch(ref.url, lambda: _fs.read_regular(fs, path, name))
     except (FileNotFoundError, IsADirectoryError):
         raise SourceError(f"{name}: not found ({ref.url})") from None
 
@@ -331,6 +332,10 @@ class _Place:
         target = _fs.join(self.path, rel)
         if _fs.is_http(self.fs):
             return bool(self.fs.exists(target))
+        if _fs.is_local(self.fs) and os.path.lexists(target) and not os.path.isdir(target):
+            # a FIFO, device or socket in a file's place counts as present, so that reading it refuses it by name
+            # ("not a regular file") instead of reporting the file as missing
+            return True
         return bool(self.fs.isfile(target))
 
     def _in_archive(self, rel: str) -> str:

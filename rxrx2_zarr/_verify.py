@@ -24,6 +24,7 @@ import pandas as pd
 
 from ._convert import PixelSource, PngSource
 from ._errors import ImageError, StoreFormatError
+from ._fs import split_zip_url
 from ._hierarchy import SiteChecksums
 from ._layout import (
     EMBEDDINGS_ARRAY,
@@ -88,10 +89,11 @@ def _root_attrs(store: StoreIO) -> dict[str, Any]:
 
 def _is_store(url: str, options: Mapping[str, Any]) -> bool:
     """Whether ``url`` is an rxrx2-zarr store (then ``verify`` compares with it instead of a PNG tree)."""
-    io = StoreIO(url, options)
+    if split_zip_url(url) is not None or url.lower().rstrip("/").endswith(".zip"):
+        return False  # an archive of the release (a store is never zipped by this package)
     try:
-        _root_attrs(io)
-    except StoreFormatError:
+        _root_attrs(StoreIO(url, options))
+    except (StoreFormatError, OSError, ValueError):  # not a store: a tree, an archive (zarr.json "inside" a file)
         return False
     return True
 

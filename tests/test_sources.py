@@ -31,7 +31,7 @@ from conftest import INNER
 
 import rxrx2_zarr
 from rxrx2_zarr import _fs
-from rxrx2_zarr._convert import ConvertOptions, SiteJob, convert
+from rxrx2_zarr._convert import ConvertOptions, PngSource, SiteJob, convert
 from rxrx2_zarr._errors import ImageError, SourceError, TransferError
 from rxrx2_zarr._layout import site_paths
 from rxrx2_zarr._paths import parse_site_id
@@ -358,7 +358,7 @@ def test_http_500_partway_then_resume_with_processes(web: _Server, store: Path, 
     assert plan.source is not None
     io_ = pickle.loads(pickle.dumps(plan.source.open()))  # what a worker gets
     assert io_.read(plan.items[0].sources[0])[:4] == b"\x89PNG"
-    pickle.loads(pickle.dumps(SiteJob(src, {}, str(dst), {}, None, "fail", plan.source)))  # type: ignore[arg-type]
+    pickle.loads(pickle.dumps(SiteJob(PngSource(plan.source), str(dst), {}, None, "fail")))  # type: ignore[arg-type]
 
     web.fail_after = ({"/root.zip"}, 40, 500)  # planning reads ~11 ranges (the central directory is cached)
     try:
