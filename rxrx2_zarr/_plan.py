@@ -132,7 +132,9 @@ def make_plan(
 
     ``metadata_url`` / ``embeddings_url``: where those files are when not in the source (see :mod:`._source`).
     """
-    source = resolve_source(src_url, storage_options, metadata=metadata_url, embeddings=embeddings_url)
+    source = resolve_source(
+        src_url, storage_options, metadata=metadata_url, embeddings=embeddings_url, need_images=need_pixels
+    )
     src = source.open()
     metadata_name = source.metadata_name
     assert metadata_name is not None  # resolve_source refuses a source without metadata

@@ -492,15 +492,22 @@ def resolve_source(
     metadata: str | None = None,
     embeddings: str | None = None,
     need_metadata: bool = True,
+    need_images: bool = True,
 ) -> Source:
     """Find the images root, the metadata and the embeddings of ``src`` (see the module's documentation).
 
     Raises :class:`SourceError` naming what is missing where; a missing embeddings file is not an error (the
-    store then has none), unless ``embeddings`` was given.
+    store then has none), unless ``embeddings`` was given. ``need_images=False`` (``--no-pixels``): a source
+    without images is fine, its images root is then taken to be ``images/``.
     """
     options = dict(storage_options or {})
     place = _place(str(src), options)
-    images = _images_root(place)
+    try:
+        images = _images_root(place)
+    except SourceError:
+        if need_images:
+            raise
+        images = IMAGES
     parent = images.rsplit("/", 1)[0] if images.endswith(IMAGES) and "/" in images else ""
     folders = [parent, ""] if images.endswith(IMAGES) else [images, parent, ""]
 

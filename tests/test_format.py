@@ -13,7 +13,7 @@ import pytest
 
 from rxrx2_zarr import ConvertOptions, StoreFormatError, verify
 from rxrx2_zarr import open as open_store
-from rxrx2_zarr._layout import INDEX_COLUMNS, LAYOUT_VERSION, PROFILES
+from rxrx2_zarr._layout import INDEX_COLUMNS, LAYOUT_VERSION, PROFILES, THUMBNAIL_FACTOR
 from rxrx2_zarr._transcode import transcode
 
 LAYOUT1 = Path(__file__).parent / "data" / "layout1"
@@ -55,13 +55,13 @@ def test_root_records_readers_and_levels(store: Path) -> None:
     attrs = json.loads((store / "zarr.json").read_text())["attributes"]["rxrx2"]
     assert attrs["layout_version"] == LAYOUT_VERSION
     assert attrs["readers"] == PROFILES["standard"].readers and "any Zarr v3 reader" in attrs["readers"]
-    assert attrs["levels"] == {"0": 1, "1": 8}
-    site_group = store / str(open_store(str(store)).sites["site_id"].iloc[0]).replace("_", "/")
-    del site_group  # the path grammar is tested elsewhere; the multiscales below are what viewers read
+    assert attrs["levels"] == {"0": 1, "1": THUMBNAIL_FACTOR}
     first = open_store(str(store))._store.columns["path"][0].rsplit("/", 1)[0]
     multiscales = json.loads((store / first / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
     assert [d["path"] for d in multiscales["datasets"]] == ["0", "1"]
-    assert multiscales["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 8.0, 8.0]
+    factor = float(THUMBNAIL_FACTOR)
+    assert multiscales["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, factor, factor]
+    assert multiscales["name"] == "HUVEC-1 plate 1"  # plate views in napari are named after the plate
 
 
 def test_layout1_store_is_refused_with_transcode_named() -> None:
