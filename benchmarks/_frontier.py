@@ -3,7 +3,7 @@
 Pure measurement, no store is written. Every profile is the Zarr v3 core chain a default store would use: a site is
 a uint8 ``(6, H, W)`` array in one shard (``sharding_indexed``), inner chunks ``(1, cy, cx)``, each chunk
 ``bytes -> zstd -> crc32c`` (4 bytes per chunk), the shard index 16 bytes per chunk plus its own crc32c (4 bytes),
-plus a thumbnail level per site: ``(6, ceil(H/8), ceil(W/8))`` uint8 block means (``(sum + n // 2) // n``) stored
+plus a thumbnail level per site: ``(6, ceil(H/f), ceil(W/f))`` uint8 block means (``f``: the store's ``THUMBNAIL_FACTOR``) (``(sum + n // 2) // n``) stored
 as one plain chunk with the same ``bytes -> zstd -> crc32c`` chain. So ``total bytes = sum(frame + 4) + 16 * chunks
 + 4 + thumbnail frame + 4``, against the byte sizes of the site's six PNG files. JSON metadata is not counted.
 
@@ -47,6 +47,9 @@ import numpy.typing as npt
 import zstandard
 from PIL import Image
 
+from rxrx2_zarr._layout import THUMBNAIL_FACTOR
+from rxrx2_zarr._shard import thumbnail as _store_thumbnail
+
 from ._machine import command_line, library_versions, machine_info
 
 __all__ = [
@@ -63,7 +66,7 @@ __all__ = [
 
 U8 = npt.NDArray[np.uint8]
 
-THUMB_FACTOR = 8
+THUMB_FACTOR = THUMBNAIL_FACTOR  # the store's (see rxrx2_zarr._layout)
 CHUNK_CRC = 4
 INDEX_ENTRY = 16
 INDEX_CRC = 4
@@ -141,16 +144,8 @@ def find_sites(src: Path, limit: int | None = None) -> list[list[Path]]:
 
 
 def thumbnail(site: U8, factor: int = THUMB_FACTOR) -> U8:
-    """``(C, ceil(H/f), ceil(W/f))`` rounded means of ``f x f`` blocks (edge blocks average the pixels they have)."""
-    c, h, w = site.shape
-    th, tw = -(-h // factor), -(-w // factor)
-    padded = np.zeros((c, th * factor, tw * factor), dtype=np.uint32)
-    padded[:, :h, :w] = site
-    sums = padded.reshape(c, th, factor, tw, factor).sum(axis=(2, 4), dtype=np.uint32)
-    rows = np.minimum(factor, h - np.arange(th) * factor)
-    cols = np.minimum(factor, w - np.arange(tw) * factor)
-    n = (rows[:, None] * cols[None, :]).astype(np.uint32)
-    return ((sums + n // 2) // n).astype(np.uint8)
+    """The store's own thumbnail (``rxrx2_zarr._shard.thumbnail``): rounded means of ``f x f`` blocks."""
+    return _store_thumbnail(site, factor)
 
 
 # ---------------------------------------------------------------------------------------------------------------

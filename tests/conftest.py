@@ -36,6 +36,22 @@ def store(source_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def profile_stores(source_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``source_tree`` converted with any profile (32 x 32 inner chunks), each made once per session."""
+    made: dict[str, Path] = {}
+
+    def get(profile: str) -> Path:
+        if profile not in made:
+            out = tmp_path_factory.mktemp(f"store-{profile}") / "rxrx2.zarr"
+            options = ConvertOptions(profile=profile, inner_chunks=INNER, workers=2, progress=False)
+            convert(str(source_tree), str(out), options)
+            made[profile] = out
+        return made[profile]
+
+    return get
+
+
 @pytest.fixture
 def copy_tree(tmp_path: Path) -> Callable[[Path], Path]:
     """Copy a session fixture's directory into this test's tmp_path, so the test may change it."""

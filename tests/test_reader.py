@@ -26,6 +26,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._errors import ChunkReadError, SiteNotFoundError, StoreFormatError
+from rxrx2_zarr._layout import PROFILES
 from rxrx2_zarr._reader import Dataset
 from rxrx2_zarr._reader import open as open_store
 from rxrx2_zarr._schema import METADATA_COLUMNS, load_embeddings, load_metadata
@@ -661,11 +662,14 @@ SHARD_DAMAGE: dict[str, Callable[[Path], None]] = {
 }
 
 
+@pytest.mark.parametrize("profile", sorted(PROFILES))
 @pytest.mark.parametrize("kind", list(SHARD_DAMAGE))
-def test_damaged_shard_raises_chunk_read_error(store: Path, copy_tree: Callable[[Path], Path], kind: str) -> None:
+def test_damaged_shard_raises_chunk_read_error(
+    profile_stores: Callable[[str], Path], copy_tree: Callable[[Path], Path], kind: str, profile: str
+) -> None:
     """Every read path (full, channels, region, dask, batch, dataset item, RGB) raises ChunkReadError naming the
-    site and the object: never wrong pixels."""
-    copy = copy_tree(store)
+    site and the object, for every profile: never wrong pixels."""
+    copy = copy_tree(profile_stores(profile))
     dataset = open_store(str(copy))
     site_id = dataset.site_ids[4]
     assert site_id.endswith("_1")  # its neighbour, site 2 of the same well, is what the swap copies
