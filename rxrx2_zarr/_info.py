@@ -64,8 +64,9 @@ class InfoReport:
             f"{self.url}: rxrx2-zarr layout {self.attrs.get('layout_version')}, "
             f"{'complete' if self.attrs.get('complete') else 'INCOMPLETE (run convert --resume)'}"
             f"{'' if self.attrs.get('pixels', True) else ', no pixels'}",
-            f"  {counts.get('sites', 0)} sites, {counts.get('wells', 0)} wells, {counts.get('plates', 0)} plates, "
-            f"{counts.get('experiments', 0)} experiments; sites {options.get('height')}x{options.get('width')} x 6 channels",
+            f"  {_count(counts.get('sites', 0), 'site')}, {_count(counts.get('wells', 0), 'well')}, "
+            f"{_count(counts.get('plates', 0), 'plate')}, {_count(counts.get('experiments', 0), 'experiment')}; "
+            f"sites {options.get('height')}x{options.get('width')} x 6 channels",
             f"  profile {options.get('profile')} (level {options.get('level')}), inner chunks {options.get('inner_chunks')}, "
             f"embeddings {counts.get('embedding_dim', 0)}-dim ({counts.get('embeddings_missing', 0)} missing)",
             f"  on disk: {self.bytes_on_disk / 1e6:,.1f} MB in {self.objects:,} objects "
@@ -87,6 +88,10 @@ class InfoReport:
             for r in self.per_plate.itertuples()
         )
         return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def info(url: str, storage_options: Mapping[str, Any] | None = None) -> InfoReport:

@@ -544,7 +544,7 @@ class _SiteReader:
         return out
 
     def read_thumbnail(self, ref: _SiteRef) -> Pixels:
-        """The site's thumbnail level: (6, ceil(H/8), ceil(W/8)) uint8, one small object."""
+        """The site's thumbnail level: (6, ceil(H/f), ceil(W/f)) uint8 (f = THUMBNAIL_FACTOR), one small object."""
         shape = self.spec.thumbnail_shape
         if not self.pixels:
             return np.zeros(shape, dtype=np.uint8)
@@ -1064,14 +1064,14 @@ class Dataset:
         return self._store.reader.read(self._store.ref(int(position)), parallel=parallel)
 
     def thumbnails(self, sites: str | Sequence[str]) -> Pixels:
-        """The thumbnail level of ``sites``: (n, 6, ceil(H/8), ceil(W/8)) uint8, each pixel the rounded mean of an
-        8 x 8 block; one small object per site (what viewers show for a plate)."""
-        ids = [sites] if isinstance(sites, str) else list(sites)
-        positions = self._positions_of(ids)
-        out = np.empty((len(ids), *self.spec.thumbnail_shape), dtype=np.uint8)
+        """The thumbnail level of ``sites``: (n, 6, ceil(H/16), ceil(W/16)) uint8, each pixel the rounded mean of a
+        16 x 16 block; one small object per site (what viewers show for a plate)."""
         reader, store = self._store.reader, self._store
         if store.layout < 2:
             raise StoreFormatError(f"{self.url}: a layout-1 store has no thumbnails; rewrite it with `rxrx2-zarr transcode`")
+        ids = [sites] if isinstance(sites, str) else list(sites)
+        positions = self._positions_of(ids)
+        out = np.empty((len(ids), *self.spec.thumbnail_shape), dtype=np.uint8)
         futures = [_pool().submit(reader.read_thumbnail, store.ref(int(p))) for p in positions]
         for k, future in enumerate(futures):
             out[k] = future.result()
