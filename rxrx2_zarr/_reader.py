@@ -24,20 +24,20 @@ import math
 import os
 import re
 import struct
+import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import crc32c
-import imagecodecs
-import numcodecs
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from ._channels import CHANNEL_SPECS
+from ._columns import METADATA_COLUMNS
 from ._errors import ChunkReadError, SiteNotFoundError, StoreFormatError
 from ._layout import (
     ALLOWED_CODECS,
@@ -54,12 +54,12 @@ from ._layout import (
     SiteArraySpec,
 )
 from ._paths import CHANNELS, GRID_COLUMNS, GRID_ROWS, check_experiment
-from ._schema import METADATA_COLUMNS
 from ._shard import ShardCodec, ShardDataError, ShardIndexError, decode_thumbnail
 from ._storage import StoreIO, check_key
 
 if TYPE_CHECKING:
     import dask.array
+    import pandas as pd
     import xarray
 
 __all__ = ["Dataset", "open"]
@@ -256,6 +256,8 @@ class _ArrayDoc:
         if self.data_type == "string":
             if len(buf) < 4 or int.from_bytes(buf[:4], "little") != elements:
                 raise StoreFormatError(f"{where}: string chunk does not hold {elements} items")
+            import numcodecs  # layout-1 string columns only: about 30 ms that opening a layout-2 store skips
+
             try:
                 values = numcodecs.VLenUTF8().decode(buf)
             except (ValueError, UnicodeDecodeError) as exc:
@@ -318,6 +320,8 @@ def _buffer(data: bytes | memoryview) -> Any:
 
 
 def _zstd_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
+    import imagecodecs  # imported on first decode, not at open (about 60 ms)
+
     try:
         size = _zstd_content_size(data)
         if size is None or size > cap:
@@ -331,6 +335,8 @@ def _zstd_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
 
 
 def _blosc_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
+    import imagecodecs  # imported on first decode, not at open (about 60 ms)
+
     if len(data) < 16:
         raise StoreFormatError(f"{where}: corrupt blosc chunk (shorter than its header)")
     nbytes, _blocksize, cbytes = struct.unpack_from("<III", data, 4)
@@ -629,6 +635,27 @@ class _Store:
         self._embeddings: npt.NDArray[np.float32] | None = None
         self.codec = _codec_for(array_document)
         self.reader = _SiteReader(url, self.storage_options, self.spec, array_document, self.pixels)
+        self._frame: pd.DataFrame | None = None
+        self._frame_lock = threading.Lock()
+        # site_id -> position, the lookup of site()/read(); a dict, not a pandas Index, so that open() does not
+        # import pandas (about 200 ms with pyarrow's pandas glue): the DataFrame is built on first use of `sites`
+        self.site_index: dict[str, int] = dict(zip(self.columns["site_id"].tolist(), range(self.n), strict=True))
+        if len(self.site_index) != self.n:
+            counts = Counter(self.columns["site_id"].tolist())
+            duplicated = [site_id for site_id, k in counts.items() if k > 1][:5]
+            raise StoreFormatError(f"{url}: index/site_id has duplicate site_ids, e.g. {duplicated}")
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The nine metadata columns as a DataFrame indexed by site_id, built on first use."""
+        with self._frame_lock:
+            if self._frame is None:
+                self._frame = self._build_frame()
+            return self._frame
+
+    def _build_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         frame = pd.DataFrame(
             {
                 c: (
@@ -642,11 +669,7 @@ class _Store:
         # Index: the site_ids, unnamed. Naming it "site_id" as well as keeping the column would make
         # sort_values/groupby/merge on "site_id" fail as ambiguous.
         frame.index = pd.Index(frame["site_id"].to_numpy(), dtype=frame["site_id"].dtype)
-        self.frame = frame
-        self.site_index = pd.Index(self.columns["site_id"])
-        if not self.site_index.is_unique:
-            duplicated = self.site_index[self.site_index.duplicated()][:5].tolist()
-            raise StoreFormatError(f"{url}: index/site_id has duplicate site_ids, e.g. {duplicated}")
+        return frame
 
     def _root_attributes(self, legacy: bool) -> dict[str, Any]:
         where = f"{self.url}: zarr.json"
@@ -705,7 +728,8 @@ class _Store:
         if not isinstance(expected, int) or crc32c.crc32c(data) != expected:
             raise ChunkReadError(f"{where}: fails the crc32c recorded in the root attributes ({expected!r}): corrupt index")
         try:
-            table = pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+            # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas (~150 ms)
+            table = pq.ParquetFile(io.BytesIO(data), page_checksum_verification=True).read()
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise StoreFormatError(f"{where}: not a readable Parquet file ({exc})") from None
         columns: dict[str, npt.NDArray[Any]] = {}
@@ -890,6 +914,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
 
 
+def _is_pandas_vector(value: Any) -> bool:
+    """A pandas Series or Index, without importing pandas (if it is not imported, the value cannot be one)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.Series | pandas.Index)
+
+
 def _match(column: str, values: npt.NDArray[Any], wanted: Any) -> npt.NDArray[np.bool_]:
     """The rows of ``values`` (one column of the selection) that ``wanted`` selects."""
     numeric = column in _NUMERIC_COLUMNS
@@ -908,12 +938,13 @@ def _match(column: str, values: npt.NDArray[Any], wanted: Any) -> npt.NDArray[np
         if hi is not None:
             mask &= values <= hi
         return mask
-    if isinstance(wanted, list | set | frozenset | np.ndarray | pd.Series | pd.Index):
+    if isinstance(wanted, list | set | frozenset | np.ndarray) or _is_pandas_vector(wanted):
         items = list(wanted)
         if column in _STRING_COLUMNS:
             if any(not isinstance(item, str) for item in items):
                 raise ValueError(f"select({column}=...): expected a list of strings, got {wanted!r}")
-            return np.asarray(pd.Series(values, dtype=object).isin(items).to_numpy(), dtype=bool)
+            wanted_set = set(items)
+            return np.fromiter((v in wanted_set for v in values.tolist()), bool, len(values))
         mask = np.zeros(len(values), dtype=bool)
         for item in items:
             mask |= _equal(column, values, item)
@@ -1056,7 +1087,8 @@ class Dataset:
         return Dataset(self._store, positions[mask])
 
     def _positions_of(self, site_ids: Sequence[str]) -> npt.NDArray[np.int64]:
-        found = np.asarray(self._store.site_index.get_indexer(list(site_ids)), dtype=np.int64)
+        lookup = self._store.site_index
+        found = np.fromiter((lookup.get(s, -1) if isinstance(s, str) else -1 for s in site_ids), np.int64, len(site_ids))
         missing = [s for s, p in zip(site_ids, found, strict=True) if p < 0]
         if missing:
             raise SiteNotFoundError(f"site(s) not in store {self.url}: {missing[:5]}{' ...' if len(missing) > 5 else ''}")

@@ -9,9 +9,12 @@ import json
 import math
 import multiprocessing
 import operator
+import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,6 +31,7 @@ import pytest
 from dask.blockwise import Blockwise
 from fsspec.implementations.local import LocalFileSystem
 
+import rxrx2_zarr
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._errors import ChunkReadError, SiteNotFoundError, StoreFormatError
 from rxrx2_zarr._layout import PROFILES
@@ -441,6 +445,37 @@ def test_images_slice_reads_only_its_shards(store: Path, counting: type[Counting
     # a pickled slice (as shipped to a worker) reads the same pixels
     clone = pickle.loads(pickle.dumps(dataset.images[2:5]))
     np.testing.assert_array_equal(clone.compute(scheduler="sync"), expected)
+
+
+_IMPORTS_SCRIPT = """
+import json, sys
+import rxrx2_zarr
+after_import = sorted(sys.modules)
+ds = rxrx2_zarr.open(sys.argv[1])
+after_open = sorted(sys.modules)
+ds.images
+print(json.dumps({"import": after_import, "open": after_open, "images": sorted(sys.modules)}))
+"""
+
+
+def test_import_and_open_stay_light(store: Path) -> None:
+    """``import rxrx2_zarr`` imports none of the heavy modules, and ``open()`` not dask, zarr-python, the codecs or
+    the converter and generator (each costs tens to hundreds of milliseconds at startup)."""
+    package_root = Path(rxrx2_zarr.__file__).parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_SCRIPT, str(store)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(package_root)},
+        cwd=package_root,
+    )
+    loaded = {k: set(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    heavy = {"dask", "pandas", "pyarrow", "zarr", "imagecodecs", "numcodecs", "fsspec"}
+    ours = {f"rxrx2_zarr.{m}" for m in ("_convert", "_synth", "_demo", "_timing", "_verify", "_transcode", "_hierarchy", "_codec")}
+    assert not loaded["import"] & (heavy | ours | {"rxrx2_zarr._reader"}), loaded["import"] & (heavy | ours)
+    assert not loaded["open"] & ({"dask", "zarr", "imagecodecs", "numcodecs"} | ours), loaded["open"] & (heavy | ours)
+    assert "dask" in loaded["images"]
 
 
 # --- crops read only the inner chunks they touch ----------------------------------------------------------------
