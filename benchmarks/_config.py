@@ -19,6 +19,7 @@ WORKLOADS: tuple[str, ...] = (
     "open_scaling",
     "worker_scaling",
     "peers",
+    "startup",
 )
 
 #: RxRx2's size: 2 experiments x 12 plates x 1,380 wells, 131,953 sites (synth's full layout gives exactly this).

@@ -456,6 +456,34 @@ def _section_peers(r: dict[str, Any]) -> list[str]:
     return [*lines, p["notes"], ""]
 
 
+def _section_startup(r: dict[str, Any]) -> list[str]:
+    s = r["startup"]
+    steps = ("import", "open", "select", "images", "images_again", "first_site", "first_block", "total")
+    rows = [[p["sites"], p["store"], *(p[f"{step}_ms"] for step in steps), p["graph_layers"], p["materialized_layers"]]
+            for p in s["points"]]  # fmt: skip
+    return [
+        *_table(
+            [
+                "sites",
+                "store",
+                "import ms",
+                "open ms",
+                "select ms",
+                "images ms",
+                "2nd graph ms",
+                "site() ms",
+                "images[0] ms",
+                "total ms",
+                "layers",
+                "materialized",
+            ],
+            rows,
+        ),
+        s["notes"],
+        "",
+    ]
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "convert": ("1. Conversion", _section_convert),
     "read_full": ("2. Random full-site reads", _section_read_full),
@@ -467,6 +495,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "open_scaling": ("8. Scaling with data: open and graph construction", _section_open),
     "worker_scaling": ("9. Scaling with workers", _section_workers),
     "peers": ("10. Peers on the same data", _section_peers),
+    "startup": ("11. Startup: from import to a lazy array and the first pixels", _section_startup),
 }
 
 

@@ -36,6 +36,7 @@ RUNNERS: tuple[tuple[str, Callable[[Context], dict[str, Any]]], ...] = (
     ("open_scaling", _scaling.run_open),
     ("worker_scaling", _scaling.run_workers),
     ("peers", _peers.run),
+    ("startup", _scaling.run_startup),
 )
 assert sorted(k for k, _ in RUNNERS) == sorted(WORKLOADS)
 
@@ -71,7 +72,7 @@ def run(
         "prepare_seconds": round(data.seconds, 2),
     }
     ctx = Context(config=config, out=out, work=work, cache=cache, data=data)
-    if only is None or "open_scaling" in only or "query" in only:
+    if only is None or bool(only & {"open_scaling", "query", "startup"}):
         for n in config.open_sizes:
             try:
                 tree, store, hit = metadata_store(n, cache)
@@ -91,7 +92,7 @@ def run(
         log(f"workload {key}")
         t0 = time.perf_counter()
         try:
-            if key == "open_scaling" and not ctx.metadata_stores:
+            if key in ("open_scaling", "startup") and not ctx.metadata_stores:
                 raise RuntimeError("no metadata-only store could be built (see meta.data_errors)")
             result = runner(ctx)
         except Exception:  # noqa: BLE001 - one failing workload must not lose the others

@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-from ._convert import ConvertOptions, ConvertReport, convert
-from ._errors import (
-    ChunkReadError,
-    ImageError,
-    MetadataError,
-    PathGrammarError,
-    RxRx2ZarrError,
-    SiteNotFoundError,
-    SourceError,
-    SpecialFileError,
-    StoreExistsError,
-    StoreFormatError,
-    StoreLockedError,
-    StoreWriteError,
-    VerificationError,
-)
-from ._info import InfoReport, info
-from ._layout import PROFILES, CodecProfile, SiteArraySpec
-from ._paths import ImageKey, SiteKey, WellAddress, parse_image_path, parse_site_id, parse_well_id
-from ._reader import Dataset, open
-from ._render import to_rgb
-from ._schema import load_embeddings, load_metadata
-from ._synth import SynthReport, synth
-from ._verify import VerifyReport, verify
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
+    from ._convert import ConvertOptions, ConvertReport, convert
+    from ._errors import (
+        ChunkReadError,
+        ImageError,
+        MetadataError,
+        PathGrammarError,
+        RxRx2ZarrError,
+        SiteNotFoundError,
+        SourceError,
+        SpecialFileError,
+        StoreExistsError,
+        StoreFormatError,
+        StoreLockedError,
+        StoreWriteError,
+        VerificationError,
+    )
+    from ._info import InfoReport, info
+    from ._layout import PROFILES, CodecProfile, SiteArraySpec
+    from ._paths import ImageKey, SiteKey, WellAddress, parse_image_path, parse_site_id, parse_well_id
+    from ._reader import Dataset, open
+    from ._render import to_rgb
+    from ._schema import load_embeddings, load_metadata
+    from ._synth import SynthReport, synth
+    from ._verify import VerifyReport, verify
 
 __all__ = [
     "PROFILES",
@@ -65,3 +69,57 @@ __all__ = [
     "to_rgb",
     "verify",
 ]
+
+#: Where each public name lives. ``import rxrx2_zarr`` imports none of these modules: ``open()`` needs the reader
+#: only, and the converter (pandas, zarr, the codecs) or the generator cost hundreds of milliseconds to import.
+_EXPORTS: dict[str, str] = {
+    "ChunkReadError": "._errors",
+    "CodecProfile": "._layout",
+    "ConvertOptions": "._convert",
+    "ConvertReport": "._convert",
+    "Dataset": "._reader",
+    "ImageError": "._errors",
+    "ImageKey": "._paths",
+    "InfoReport": "._info",
+    "MetadataError": "._errors",
+    "PROFILES": "._layout",
+    "PathGrammarError": "._errors",
+    "RxRx2ZarrError": "._errors",
+    "SiteArraySpec": "._layout",
+    "SiteKey": "._paths",
+    "SiteNotFoundError": "._errors",
+    "SourceError": "._errors",
+    "SpecialFileError": "._errors",
+    "StoreExistsError": "._errors",
+    "StoreFormatError": "._errors",
+    "StoreLockedError": "._errors",
+    "StoreWriteError": "._errors",
+    "SynthReport": "._synth",
+    "VerificationError": "._errors",
+    "VerifyReport": "._verify",
+    "WellAddress": "._paths",
+    "convert": "._convert",
+    "info": "._info",
+    "load_embeddings": "._schema",
+    "load_metadata": "._schema",
+    "open": "._reader",
+    "parse_image_path": "._paths",
+    "parse_site_id": "._paths",
+    "parse_well_id": "._paths",
+    "synth": "._synth",
+    "to_rgb": "._render",
+    "verify": "._verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # resolved once: later look-ups do not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

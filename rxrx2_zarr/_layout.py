@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._channels import CHANNEL_SPECS
+from ._columns import METADATA_COLUMNS, STRING_COLUMNS
 from ._paths import CHANNELS, GRID_COLUMNS, GRID_ROWS, SiteKey, WellAddress
-from ._schema import METADATA_COLUMNS, STRING_COLUMNS
 
 __all__ = [
     "DEFAULT_INNER_CHUNKS",

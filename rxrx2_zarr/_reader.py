@@ -24,20 +24,20 @@ import math
 import os
 import re
 import struct
+import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import crc32c
-import imagecodecs
-import numcodecs
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from ._channels import CHANNEL_SPECS
+from ._columns import METADATA_COLUMNS
 from ._errors import ChunkReadError, SiteNotFoundError, StoreFormatError
 from ._layout import (
     ALLOWED_CODECS,
@@ -54,12 +54,12 @@ from ._layout import (
     SiteArraySpec,
 )
 from ._paths import CHANNELS, GRID_COLUMNS, GRID_ROWS, check_experiment
-from ._schema import METADATA_COLUMNS
 from ._shard import ShardCodec, ShardDataError, ShardIndexError, decode_thumbnail
 from ._storage import StoreIO, check_key
 
 if TYPE_CHECKING:
     import dask.array
+    import pandas as pd
     import xarray
 
 __all__ = ["Dataset", "open"]
@@ -256,6 +256,8 @@ class _ArrayDoc:
         if self.data_type == "string":
             if len(buf) < 4 or int.from_bytes(buf[:4], "little") != elements:
                 raise StoreFormatError(f"{where}: string chunk does not hold {elements} items")
+            import numcodecs  # layout-1 string columns only: about 30 ms that opening a layout-2 store skips
+
             try:
                 values = numcodecs.VLenUTF8().decode(buf)
             except (ValueError, UnicodeDecodeError) as exc:
@@ -318,6 +320,8 @@ def _buffer(data: bytes | memoryview) -> Any:
 
 
 def _zstd_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
+    import imagecodecs  # imported on first decode, not at open (about 60 ms)
+
     try:
         size = _zstd_content_size(data)
         if size is None or size > cap:
@@ -331,6 +335,8 @@ def _zstd_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
 
 
 def _blosc_decode(data: bytes | memoryview, cap: int, where: str) -> bytes:
+    import imagecodecs  # imported on first decode, not at open (about 60 ms)
+
     if len(data) < 16:
         raise StoreFormatError(f"{where}: corrupt blosc chunk (shorter than its header)")
     nbytes, _blocksize, cbytes = struct.unpack_from("<III", data, 4)
@@ -454,9 +460,8 @@ def _decode_tasks() -> int:
 
 
 class _SiteRef:
-    """What a read task needs to know about one site: small, so a dask graph of 131,953 of them stays light
-    (an object rather than a tuple of strings, which dask could mistake for keys; slotted rather than a frozen
-    dataclass, which is ten times slower to build 131,953 times). ``shard`` and ``thumbnail`` are the CRC32Cs
+    """What a read needs to know about one site, built when the site is read (an object rather than a tuple of
+    strings, which dask could mistake for keys; slotted rather than a frozen dataclass, which is slower to build). ``shard`` and ``thumbnail`` are the CRC32Cs
     that close the site's shard index and thumbnail chunk, as recorded in the index (None in layout-1 stores)."""
 
     __slots__ = ("checksum", "path", "shard", "site_id", "thumbnail")
@@ -477,7 +482,7 @@ class _SiteRef:
 
 @dataclass(frozen=True)
 class _SiteReader:
-    """Reads sites from one store; small and picklable (url, options, spec), the callable of every dask task."""
+    """Reads sites from one store; small and picklable (url, options, spec)."""
 
     url: str
     storage_options: Mapping[str, Any]
@@ -489,7 +494,7 @@ class _SiteReader:
         return hash((self.url, json.dumps(dict(self.storage_options), sort_keys=True, default=str), self.array_document))
 
     def __call__(self, ref: _SiteRef) -> Pixels:
-        """A dask task: one full site as a (1, 6, H, W) block."""
+        """One full site as a (1, 6, H, W) block, as in :attr:`Dataset.images`."""
         out = np.empty((1, *self.spec.shape), dtype=np.uint8)
         self.read(ref, out=out[0])
         return out
@@ -581,6 +586,30 @@ class _SiteReader:
         return pieces
 
 
+class _ImageBlocks:
+    """The one callable of :attr:`Dataset.images`' layer: dask passes it a block index, it returns that site.
+
+    It holds a Dataset without its cached graph (no reference cycle), which pickles as URL, options and selection:
+    a worker process re-opens the store once (see :func:`_store_for_pickle`) and then reads any site of it.
+    """
+
+    __slots__ = ("dataset",)
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __call__(self, block_id: tuple[int, ...] | None = None) -> Pixels:
+        if block_id is None:  # dask always passes it; a direct call without one has no site to read
+            raise TypeError("_ImageBlocks needs the block_id of the site to read")
+        return self.dataset._block(block_id[0])
+
+    def __reduce__(self) -> tuple[type[_ImageBlocks], tuple[Dataset]]:
+        return (_ImageBlocks, (self.dataset,))
+
+    def __repr__(self) -> str:
+        return f"_ImageBlocks({self.dataset!r})"
+
+
 class _Store:
     """Everything read at open: root attributes, the site array spec, the index columns; embeddings on demand."""
 
@@ -606,6 +635,27 @@ class _Store:
         self._embeddings: npt.NDArray[np.float32] | None = None
         self.codec = _codec_for(array_document)
         self.reader = _SiteReader(url, self.storage_options, self.spec, array_document, self.pixels)
+        self._frame: pd.DataFrame | None = None
+        self._frame_lock = threading.Lock()
+        # site_id -> position, the lookup of site()/read(); a dict, not a pandas Index, so that open() does not
+        # import pandas (about 200 ms with pyarrow's pandas glue): the DataFrame is built on first use of `sites`
+        self.site_index: dict[str, int] = dict(zip(self.columns["site_id"].tolist(), range(self.n), strict=True))
+        if len(self.site_index) != self.n:
+            counts = Counter(self.columns["site_id"].tolist())
+            duplicated = [site_id for site_id, k in counts.items() if k > 1][:5]
+            raise StoreFormatError(f"{url}: index/site_id has duplicate site_ids, e.g. {duplicated}")
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The nine metadata columns as a DataFrame indexed by site_id, built on first use."""
+        with self._frame_lock:
+            if self._frame is None:
+                self._frame = self._build_frame()
+            return self._frame
+
+    def _build_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         frame = pd.DataFrame(
             {
                 c: (
@@ -619,11 +669,7 @@ class _Store:
         # Index: the site_ids, unnamed. Naming it "site_id" as well as keeping the column would make
         # sort_values/groupby/merge on "site_id" fail as ambiguous.
         frame.index = pd.Index(frame["site_id"].to_numpy(), dtype=frame["site_id"].dtype)
-        self.frame = frame
-        self.site_index = pd.Index(self.columns["site_id"])
-        if not self.site_index.is_unique:
-            duplicated = self.site_index[self.site_index.duplicated()][:5].tolist()
-            raise StoreFormatError(f"{url}: index/site_id has duplicate site_ids, e.g. {duplicated}")
+        return frame
 
     def _root_attributes(self, legacy: bool) -> dict[str, Any]:
         where = f"{self.url}: zarr.json"
@@ -682,7 +728,8 @@ class _Store:
         if not isinstance(expected, int) or crc32c.crc32c(data) != expected:
             raise ChunkReadError(f"{where}: fails the crc32c recorded in the root attributes ({expected!r}): corrupt index")
         try:
-            table = pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+            # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas (~150 ms)
+            table = pq.ParquetFile(io.BytesIO(data), page_checksum_verification=True).read()
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise StoreFormatError(f"{where}: not a readable Parquet file ({exc})") from None
         columns: dict[str, npt.NDArray[Any]] = {}
@@ -837,14 +884,27 @@ def open_any_layout(url: str, storage_options: Mapping[str, Any] | None = None) 
 
 
 def _restore(
-    url: str, storage_options: Mapping[str, Any], positions: npt.NDArray[np.int64] | None, n_sites: int, legacy: bool = False
+    url: str, storage_options: Mapping[str, Any], positions: npt.NDArray[np.integer[Any]] | None, n_sites: int, legacy: bool = False
 ) -> Dataset:
     store = _store_for_pickle(url, storage_options, legacy)
     if store.n != n_sites:
         raise StoreFormatError(
             f"{url}: the store changed since this Dataset was pickled ({store.n} sites now, {n_sites} then)"
         )
-    return Dataset(store, positions)
+    selected: npt.NDArray[np.int64] | None = None
+    if positions is not None:
+        selected = np.asarray(positions, dtype=np.int64)
+        if len(selected) and (selected[0] < 0 or selected[-1] >= store.n):
+            raise StoreFormatError(f"{url}: a pickled selection refers to sites beyond the store's {store.n}")
+    return Dataset(store, selected)
+
+
+def _compact_positions(positions: npt.NDArray[np.int64] | None, n_sites: int) -> npt.NDArray[np.integer[Any]] | None:
+    """A selection as pickled: uint32 when the store is small enough (always, for RxRx2), half the bytes of int64,
+    so a selection of the whole release's 131,953 sites pickles in 0.5 MB."""
+    if positions is None or n_sites >= 2**32:
+        return positions
+    return positions.astype(np.uint32)
 
 
 # --- selection -----------------------------------------------------------------------------------------------------
@@ -852,6 +912,12 @@ def _restore(
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+
+
+def _is_pandas_vector(value: Any) -> bool:
+    """A pandas Series or Index, without importing pandas (if it is not imported, the value cannot be one)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.Series | pandas.Index)
 
 
 def _match(column: str, values: npt.NDArray[Any], wanted: Any) -> npt.NDArray[np.bool_]:
@@ -872,12 +938,13 @@ def _match(column: str, values: npt.NDArray[Any], wanted: Any) -> npt.NDArray[np
         if hi is not None:
             mask &= values <= hi
         return mask
-    if isinstance(wanted, list | set | frozenset | np.ndarray | pd.Series | pd.Index):
+    if isinstance(wanted, list | set | frozenset | np.ndarray) or _is_pandas_vector(wanted):
         items = list(wanted)
         if column in _STRING_COLUMNS:
             if any(not isinstance(item, str) for item in items):
                 raise ValueError(f"select({column}=...): expected a list of strings, got {wanted!r}")
-            return np.asarray(pd.Series(values, dtype=object).isin(items).to_numpy(), dtype=bool)
+            wanted_set = set(items)
+            return np.fromiter((v in wanted_set for v in values.tolist()), bool, len(values))
         mask = np.zeros(len(values), dtype=bool)
         for item in items:
             mask |= _equal(column, values, item)
@@ -945,7 +1012,8 @@ class Dataset:
         return bool(self._store.pixels)
 
     def __reduce__(self) -> tuple[Callable[..., Dataset], tuple[Any, ...]]:
-        return (_restore, (self.url, self.storage_options, self._positions, self._store.n, self._store.legacy))
+        positions = _compact_positions(self._positions, self._store.n)
+        return (_restore, (self.url, self.storage_options, positions, self._store.n, self._store.legacy))
 
     def __repr__(self) -> str:
         spec = self._store.spec
@@ -1019,7 +1087,8 @@ class Dataset:
         return Dataset(self._store, positions[mask])
 
     def _positions_of(self, site_ids: Sequence[str]) -> npt.NDArray[np.int64]:
-        found = np.asarray(self._store.site_index.get_indexer(list(site_ids)), dtype=np.int64)
+        lookup = self._store.site_index
+        found = np.fromiter((lookup.get(s, -1) if isinstance(s, str) else -1 for s in site_ids), np.int64, len(site_ids))
         missing = [s for s, p in zip(site_ids, found, strict=True) if p < 0]
         if missing:
             raise SiteNotFoundError(f"site(s) not in store {self.url}: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -1133,34 +1202,37 @@ class Dataset:
         return self._images
 
     def _build_images(self) -> dask.array.Array:
+        """One Blockwise layer whatever the number of sites: its single callable maps a block index to a site, so
+        no task exists until the graph is executed or sliced (a dict of one task per site took about 2 s and tens
+        of MB to build for 131,953 sites, and was shipped whole to a cluster). Slicing culls the layer to the blocks
+        asked for; pickling carries the layer once (the chunks tuple and this Dataset: URL, options, selection)."""
         import dask.array as da
         from dask.base import tokenize
-        from dask.highlevelgraph import HighLevelGraph
 
         spec, store = self.spec, self._store
-        positions = self.positions
-        if not len(positions):
+        n = len(self)
+        if not n:
             empty: dask.array.Array = da.zeros((0, *spec.shape), dtype=np.uint8, chunks=(1, *spec.shape))
             return empty
-        name = "rxrx2-images-" + tokenize(self.url, store.storage_options, spec, store.pixels, positions)
-        reader = store.reader
-        columns = store.columns
-        n = len(positions)
-        checks = [columns[c][positions].tolist() if store.layout >= 2 else [None] * n for c in ("shard_checksum", "thumbnail_checksum")]
-        refs = map(
-            _SiteRef,
-            columns["site_id"][positions].tolist(),
-            columns["path"][positions].tolist(),
-            columns["checksum"][positions].tolist(),
-            *checks,
+        # the index checksum (layout 2) tells stores with the same URL and site count apart, without hashing columns
+        fingerprint = store.attrs.get("index")
+        name = "rxrx2-images-" + tokenize(
+            self.url, store.storage_options, spec, store.pixels, store.n, fingerprint, self._positions
         )
-        graph: dict[Any, Any] = {(name, k, 0, 0, 0): (reader, ref) for k, ref in enumerate(refs)}
-        chunks = ((1,) * len(positions), (spec.channels,), (spec.height,), (spec.width,))
-        layer = HighLevelGraph.from_collections(name, graph, dependencies=())
-        array: dask.array.Array = da.Array(  # type: ignore[no-untyped-call]
-            layer, name, chunks, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8)
+        chunks = ((1,) * n, (spec.channels,), (spec.height,), (spec.width,))
+        array: dask.array.Array = da.map_blocks(  # type: ignore[no-untyped-call]
+            _ImageBlocks(Dataset(store, self._positions)),
+            name=name,
+            chunks=chunks,
+            dtype=np.uint8,
+            meta=np.empty((0, 0, 0, 0), dtype=np.uint8),
         )
         return array
+
+    def _block(self, k: int) -> Pixels:
+        """The k-th selected site as a (1, c, h, w) block (no ``positions`` array built for the whole store)."""
+        position = k if self._positions is None else int(self._positions[k])
+        return self._store.reader(self._store.ref(position))
 
     # --- views ----------------------------------------------------------------------------------------------------
 

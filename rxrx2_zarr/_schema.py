@@ -18,6 +18,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from . import _fs
+from ._columns import INTEGER_COLUMNS, METADATA_COLUMNS, STRING_COLUMNS
 from ._errors import MetadataError, PathGrammarError, SourceError
 from ._paths import INT32_MAX, WellAddress, check_experiment
 
@@ -35,20 +36,6 @@ __all__ = [
     "validate_metadata",
 ]
 
-#: The nine columns of RxRx2's ``metadata.csv``, in the published order.
-METADATA_COLUMNS: tuple[str, ...] = (
-    "site_id",
-    "well_id",
-    "cell_type",
-    "experiment",
-    "plate",
-    "well",
-    "site",
-    "treatment",
-    "treatment_conc",
-)
-STRING_COLUMNS = ("site_id", "well_id", "cell_type", "experiment", "well", "treatment")
-INTEGER_COLUMNS = ("plate", "site")
 #: Accepted file names, current name first.
 METADATA_NAMES = ("metadata.csv", "rxrx2-metadata.csv")
 EMBEDDINGS_NAMES = ("embeddings.csv", "rxrx2-embeddings.csv")

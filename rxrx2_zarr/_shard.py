@@ -19,14 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import crc32c
-import imagecodecs
-import numcodecs
 import numpy as np
 import numpy.typing as npt
 
-from ._codec import vpredict_decode, vpredict_encode
 from ._errors import StoreFormatError
 from ._layout import ALLOWED_CODECS, SiteArraySpec
+from ._vpredict import vpredict_decode, vpredict_encode
 
 __all__ = ["MISSING", "ShardCodec", "ShardDataError", "ShardIndexError"]
 
@@ -179,6 +177,8 @@ class ShardCodec:
         self.index_nbytes = 16 * self.n_chunks + 4
         self.steps, self.checked = _parse_chain(config["codecs"], where)
         self._chunk_nbytes = int(np.prod(self.chunk))
+        if any(s.kind in ("blosc", "pcodec") for s in self.steps):
+            import numcodecs  # only for the chains that need it: about 30 ms, not paid by opening a zstd store
         self._blosc = [
             numcodecs.Blosc(
                 cname=s.config["cname"],
@@ -298,6 +298,8 @@ class ShardCodec:
 
     def _decompress_into(self, data: bytes | memoryview, out: Pixels, flat: int) -> None:
         """The checksum and compressor (or pcodec) stages of the chain, into the flat uint8 buffer ``out``."""
+        import imagecodecs  # imported on first decode, not at open (about 60 ms)
+
         if self.checked:
             data = strip_checksum(data, f"inner chunk {flat}")
         kind = self.steps[-1].kind
@@ -462,6 +464,8 @@ def encode_thumbnail(pixels: Pixels, level: int) -> bytes:
 
 def decode_thumbnail(data: bytes | memoryview, shape: tuple[int, int, int], expected: int | None = None) -> Pixels:
     """Decode a thumbnail chunk; ``expected`` is its CRC32C as recorded in the store's index for this site."""
+    import imagecodecs  # imported on first decode, not at open (about 60 ms)
+
     if expected is not None and (len(data) < 4 or int.from_bytes(bytes(data[-4:]), "little") != expected):
         raise ShardDataError("thumbnail chunk's checksum is not the one recorded for this site (another site's chunk?)")
     body = strip_checksum(data, "thumbnail chunk")

@@ -26,6 +26,7 @@ WORKLOADS = (
     "open_scaling",
     "worker_scaling",
     "peers",
+    "startup",
 )
 
 

@@ -4,26 +4,34 @@ pickling, and refusal of malformed or corrupt stores."""
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import json
 import math
 import multiprocessing
 import operator
+import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import cloudpickle
+import dask.base
 import fsspec
 import imagecodecs
 import numpy as np
 import pandas as pd
 import pytest
+from dask.blockwise import Blockwise
 from fsspec.implementations.local import LocalFileSystem
 
+import rxrx2_zarr
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._errors import ChunkReadError, SiteNotFoundError, StoreFormatError
 from rxrx2_zarr._layout import PROFILES
@@ -378,6 +386,96 @@ def test_no_pixels_store_reads_zeros_without_shards(
     matrix = dataset.embeddings
     assert matrix is not None and matrix.shape == (len(dataset), 4) and not np.isnan(matrix).any()
     assert counting.calls["open"] >= 2
+
+
+# --- Dataset.images is one Blockwise layer: O(1) to build, culled when sliced -------------------------------------
+
+
+def _graph_tasks(array: Any) -> int:
+    """How many tasks computing ``array`` materialises (after dask's optimisation, which culls)."""
+    return len(dask.base.collections_to_expr([array]).__dask_graph__())
+
+
+def test_images_graph_has_no_task_per_site(metadata_stores: dict[str, Path]) -> None:
+    dataset = open_store(str(metadata_stores["large"]))
+    assert len(dataset) >= 9000
+    for images in (dataset.images, dataset.select(site=(2, 3)).images):
+        layers = images.__dask_graph__().layers
+        blockwise = [layer for layer in layers.values() if isinstance(layer, Blockwise)]
+        # one generator layer; nothing materialised until the graph runs (a dict layer would hold one task per site)
+        assert blockwise and all(not layer.is_materialized() for layer in layers.values()), layers
+        assert images.numblocks[0] == images.shape[0]
+    # slicing touches only the sites asked for
+    assert _graph_tasks(dataset.images[17]) <= 2
+    assert _graph_tasks(dataset.images[100:103]) <= 6
+    assert _graph_tasks(dataset.select(site=1).images[-2:]) <= 4
+
+
+def test_images_graph_is_small_at_full_scale(metadata_stores: dict[str, Path]) -> None:
+    """The release's 131,953 sites: built in well under a second, and small to pickle (to a cluster)."""
+    opened = open_store(str(metadata_stores["large"]))
+    store = copy.copy(opened._store)
+    store.n = 131_953  # building and pickling the graph only use the site count (nothing is computed here)
+    everything = Dataset(store, None)
+    selection = Dataset(store, np.arange(0, store.n, 2, dtype=np.int64))
+    started = time.perf_counter()
+    images = everything.images
+    built = time.perf_counter() - started
+    assert images.shape == (131_953, 6, *opened.spec.shape[1:])
+    assert built < 1.0, built
+    for array in (images, selection.images, images[1000:2000].mean(axis=(0, 2, 3))):
+        assert len(pickle.dumps(array)) < 2_000_000
+        assert len(cloudpickle.dumps(array.__dask_graph__())) < 2_000_000
+    # the whole-store array carries no positions at all: the chunks tuple (2 bytes a site) is most of it
+    assert len(pickle.dumps(images)) < 400_000
+
+
+def test_images_slice_reads_only_its_shards(store: Path, counting: type[CountingFileSystem]) -> None:
+    dataset = open_store(f"counting://{store}")
+    expected = open_store(str(store)).read(dataset.site_ids[2:5])
+    site_id = dataset.site_ids[4]
+    shard = shard_file(store, dataset, site_id)
+    counting.reset()
+    block = dataset.images[4].compute(scheduler="sync")
+    np.testing.assert_array_equal(block, expected[2])
+    assert counting.calls["open"] == 1 and counting.bytes_read == shard.stat().st_size, (counting.calls, counting.bytes_read)
+    counting.reset()
+    np.testing.assert_array_equal(dataset.images[2:5].compute(scheduler="threads"), expected)
+    assert counting.calls["open"] == 3
+    # a pickled slice (as shipped to a worker) reads the same pixels
+    clone = pickle.loads(pickle.dumps(dataset.images[2:5]))
+    np.testing.assert_array_equal(clone.compute(scheduler="sync"), expected)
+
+
+_IMPORTS_SCRIPT = """
+import json, sys
+import rxrx2_zarr
+after_import = sorted(sys.modules)
+ds = rxrx2_zarr.open(sys.argv[1])
+after_open = sorted(sys.modules)
+ds.images
+print(json.dumps({"import": after_import, "open": after_open, "images": sorted(sys.modules)}))
+"""
+
+
+def test_import_and_open_stay_light(store: Path) -> None:
+    """``import rxrx2_zarr`` imports none of the heavy modules, and ``open()`` not dask, zarr-python, the codecs or
+    the converter and generator (each costs tens to hundreds of milliseconds at startup)."""
+    package_root = Path(rxrx2_zarr.__file__).parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_SCRIPT, str(store)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(package_root)},
+        cwd=package_root,
+    )
+    loaded = {k: set(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    heavy = {"dask", "pandas", "pyarrow", "zarr", "imagecodecs", "numcodecs", "fsspec"}
+    ours = {f"rxrx2_zarr.{m}" for m in ("_convert", "_synth", "_demo", "_timing", "_verify", "_transcode", "_hierarchy", "_codec")}
+    assert not loaded["import"] & (heavy | ours | {"rxrx2_zarr._reader"}), loaded["import"] & (heavy | ours)
+    assert not loaded["open"] & ({"dask", "zarr", "imagecodecs", "numcodecs"} | ours), loaded["open"] & (heavy | ours)
+    assert "dask" in loaded["images"]
 
 
 # --- crops read only the inner chunks they touch ----------------------------------------------------------------
