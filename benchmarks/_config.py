@@ -71,7 +71,7 @@ MODES: dict[str, Config] = {
     "quick": Config(
         mode="quick", size=1024, experiments=1, plates=1, wells=8, sites=4, read_sites=16, repeat=3, convert_repeat=2,
         crop=256, codec_sites=3, codec_inner=(256, 512, 1024), open_sizes=(1_000, 10_000), open_repeat=5,
-        cold_repeat=2, scaling_sites=16,
+        cold_repeat=2, scaling_sites=8,
     ),
     "full": Config(
         mode="full", size=1024, experiments=1, plates=2, wells=24, sites=4, read_sites=64, repeat=5, convert_repeat=3,
