@@ -89,6 +89,26 @@ def source_file_flags(function: F) -> F:
     return function
 
 
+def writer_flags(function: F) -> F:
+    """The options of every command that writes a store (``convert``, ``transcode``): how it runs and where."""
+    for option in reversed(
+        [
+            click.option("--overwrite", is_flag=True, help="Replace an existing destination."),
+            click.option("--resume", is_flag=True, help="Continue an interrupted run into DST."),
+            click.option("--break-lock", is_flag=True, help="Take over a lock held by a converter that is gone."),
+            click.option("--workers", default=1, show_default=True,
+                         help="Parallel workers (threads, or processes with --processes)."),
+            click.option("--processes", is_flag=True, help="Run on a local Dask cluster of --workers processes."),
+            click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster."),
+            storage_option_flags,
+            click.option("--src-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for SRC only."),
+            click.option("--dst-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for DST only."),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
 def storage_option_flags(function: F) -> F:
     function = click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
                             help="fsspec storage option for every URL of the command (repeatable).")(function)
@@ -157,16 +177,8 @@ def synth(out: str, experiments: int, plates: int, wells: int, sites: int, size:
 @click.option("--no-pixels", is_flag=True, help="Write tree, attributes, index and embeddings, but no pixels.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="On a bad site: stop, or skip it and list it in the report and the store.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted conversion into DST.")
-@click.option("--break-lock", is_flag=True, help="Take over a lock held by a converter that is gone.")
-@click.option("--workers", default=1, show_default=True, help="Parallel workers (threads, or processes with --processes).")
-@click.option("--processes", is_flag=True, help="Run on a local Dask cluster of --workers processes.")
-@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster.")
+@writer_flags
 @source_file_flags
-@storage_option_flags
-@click.option("--src-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for SRC only.")
-@click.option("--dst-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for DST only.")
 @click.option("--dry-run", is_flag=True,
               help="Check the source and time a few sites: cost per site and CPU-hours (this run, the whole release).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -213,15 +225,7 @@ def convert(src: str, dst: str, profile: str, inner_chunks: str | None, level: i
               help="Codec profile of the new store.")
 @click.option("--inner-chunks", default=None, help="Inner chunk shape Y,X; default: the profile's own.")
 @click.option("--level", type=int, default=None, help="Compression level; default: the profile's own.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted transcode into DST.")
-@click.option("--break-lock", is_flag=True, help="Take over a lock held by a converter that is gone.")
-@click.option("--workers", default=1, show_default=True, help="Parallel workers (threads, or processes with --processes).")
-@click.option("--processes", is_flag=True, help="Run on a local Dask cluster of --workers processes.")
-@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster.")
-@storage_option_flags
-@click.option("--src-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for SRC only.")
-@click.option("--dst-storage-option", multiple=True, metavar="KEY=VALUE", help="Storage option for DST only.")
+@writer_flags
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def transcode(src: str, dst: str, profile: str, inner_chunks: str | None, level: int | None, overwrite: bool,
               resume: bool, break_lock: bool, workers: int, processes: bool, scheduler: str | None,

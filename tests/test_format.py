@@ -144,3 +144,19 @@ def test_dry_run_estimates_and_writes_nothing(source_tree: Path, tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert "CPU-hours for the whole release (131,953 sites)" in result.output and "zstd, level 3" in result.output
     assert not dst.exists()
+
+
+def test_transcode_and_verify_from_the_command_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rxrx2_zarr.cli import main
+
+    dst = tmp_path / "cli.zarr"
+    runner = CliRunner()
+    result = runner.invoke(main, ["transcode", str(LAYOUT1 / "balanced.zarr"), str(dst), "--profile", "zstd", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "converted 4 of 4" in result.output
+    checked = runner.invoke(main, ["verify", str(LAYOUT1 / "balanced.zarr"), str(dst), "--quiet"])
+    assert checked.exit_code == 0 and "OK" in checked.output, checked.output
+    info = runner.invoke(main, ["info", str(dst)])
+    assert "any Zarr v3 reader" in info.output and "1 plate," in info.output
