@@ -365,6 +365,63 @@ def _json(data: bytes | None, where: str) -> Any:
         raise StoreFormatError(f"{where}: not valid JSON ({exc})") from None
 
 
+# --- the columnar index: Arrow columns to numpy without pandas ----------------------------------------------------
+
+#: Text columns with few distinct values: read dictionary-encoded, decoded once per distinct value.
+_DICTIONARY_COLUMNS = ["well_id", "cell_type", "experiment", "well", "treatment"]
+
+
+def _arrow_column(chunked: Any, column: str, where: str) -> npt.NDArray[Any]:
+    """One index column as numpy (object arrays of str for text), from Arrow's buffers.
+
+    pyarrow's ``to_numpy`` imports pandas (~150 ms, most of a cold open), so numbers are viewed straight from their
+    value buffers (nulls only where allowed: a blank concentration is NaN), and text is decoded per distinct value
+    (dictionary columns) or once per row (site_id, path).
+    """
+    import pyarrow as pa
+
+    array = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
+    kind = array.type
+    if column in _STRING_COLUMNS:
+        if pa.types.is_dictionary(kind) and (pa.types.is_string(kind.value_type) or pa.types.is_large_string(kind.value_type)):
+            _no_nulls(array, column, where)
+            values = np.array(array.dictionary.to_pylist(), dtype=object)
+            indices = _buffer_values(array.indices, where, column)
+            if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= len(values)):
+                raise StoreFormatError(f"{where}: column {column!r} has a malformed dictionary")
+            return np.asarray(values[indices], dtype=object)
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise StoreFormatError(f"{where}: column {column!r} has type {kind}")
+        _no_nulls(array, column, where)
+        return np.array(array.to_pylist(), dtype=object)
+    if column in _FLOAT_COLUMNS:
+        if not pa.types.is_floating(kind):
+            raise StoreFormatError(f"{where}: column {column!r} has type {kind}")
+        values = _buffer_values(array, where, column).astype(np.float64)
+        if array.null_count:
+            valid = np.unpackbits(np.frombuffer(array.buffers()[0], dtype=np.uint8), bitorder="little")
+            values[~valid[array.offset : array.offset + len(array)].astype(bool)] = np.nan
+        return values
+    if not pa.types.is_integer(kind):
+        raise StoreFormatError(f"{where}: column {column!r} has type {kind}")
+    _no_nulls(array, column, where)
+    return _buffer_values(array, where, column)
+
+
+def _no_nulls(array: Any, column: str, where: str) -> None:
+    if array.null_count:
+        raise StoreFormatError(f"{where}: column {column!r} has {array.null_count} null value(s)")
+
+
+def _buffer_values(array: Any, where: str, column: str) -> npt.NDArray[Any]:
+    """A primitive Arrow array's values as a (copied) numpy array of its own dtype."""
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    buffer = array.buffers()[1]
+    if buffer is None or buffer.size < (array.offset + len(array)) * dtype.itemsize:
+        raise StoreFormatError(f"{where}: column {column!r} has a malformed value buffer")
+    return np.frombuffer(buffer, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize).copy()
+
+
 # --- site paths: one vectorised check for the whole index ---------------------------------------------------------
 
 _ROW = "|".join(sorted(GRID_ROWS, key=len, reverse=True))
@@ -728,28 +785,17 @@ class _Store:
         if not isinstance(expected, int) or crc32c.crc32c(data) != expected:
             raise ChunkReadError(f"{where}: fails the crc32c recorded in the root attributes ({expected!r}): corrupt index")
         try:
-            # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas (~150 ms)
-            table = pq.ParquetFile(io.BytesIO(data), page_checksum_verification=True).read()
+            # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas (~150 ms);
+            # the repeated text columns come back dictionary-encoded (a few distinct values per column)
+            parquet = pq.ParquetFile(io.BytesIO(data), page_checksum_verification=True, read_dictionary=_DICTIONARY_COLUMNS)
+            table = parquet.read()
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise StoreFormatError(f"{where}: not a readable Parquet file ({exc})") from None
         columns: dict[str, npt.NDArray[Any]] = {}
         for column in INDEX_COLUMNS:
             if column not in table.column_names:
                 raise StoreFormatError(f"{where}: has no column {column!r}")
-            kind = table.schema.field(column).type
-            if column in _STRING_COLUMNS:
-                ok = pa.types.is_string(kind) or pa.types.is_large_string(kind)
-            elif column in _FLOAT_COLUMNS:
-                ok = pa.types.is_floating(kind)
-            else:
-                ok = pa.types.is_integer(kind)
-            if not ok:
-                raise StoreFormatError(f"{where}: column {column!r} has type {kind}")
-            chunked = table.column(column)
-            if column not in _FLOAT_COLUMNS and chunked.null_count:
-                raise StoreFormatError(f"{where}: column {column!r} has {chunked.null_count} null value(s)")
-            values = chunked.to_numpy(zero_copy_only=False)
-            columns[column] = np.asarray(values, dtype=object) if column in _STRING_COLUMNS else values
+            columns[column] = _arrow_column(table.column(column), column, where)
         return columns
 
     def _read_index_arrays(self) -> dict[str, npt.NDArray[Any]]:
