@@ -13,10 +13,10 @@ import json
 import math
 import random
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import crc32c
 import numpy as np
@@ -218,13 +218,15 @@ def _verify(
         )
         assert plan.source is not None  # make_plan always resolves its source
         source = PngSource(plan.source)
-    index = _read_index(store)
+    index = _stage(report, "index arrays (index/<column>, read through zarr-python)", _read_index, store)
+    spec = _stage(report, "root attributes: site array options", SiteArraySpec.from_options, attrs.get("options") or {})
+    if index is None or spec is None:
+        return report  # nothing below can be compared without them
     report.sites_in_store = len(index)
-    _compare_parquet(store, attrs, index, report)
-    _compare_index(plan, index, skipped, report)
-    _compare_embeddings(store, plan, index, report)
-    spec = SiteArraySpec.from_options(attrs["options"])
-    _validate_ngff(store, index, report)
+    _stage(report, INDEX_PARQUET, _compare_parquet, store, attrs, index, report)
+    _stage(report, "index", _compare_index, plan, index, skipped, report)
+    _stage(report, EMBEDDINGS_ARRAY, _compare_embeddings, store, plan, index, report)
+    _stage(report, "OME-NGFF metadata", _validate_ngff, store, index, report)
 
     if not attrs.get("pixels", True):
         return report
@@ -244,7 +246,9 @@ def _verify(
             expected, _ = source.read(item, (spec.height, spec.width))
         except ImageError as exc:
             return [f"{site_id}: source unreadable: {exc}"]
-        return _check_site(store, zstore, spec, row, expected)
+        site_problems: list[str] = []
+        found = _stage_problems(site_problems, f"{site_id} ({row['path']})", _check_site, store, zstore, spec, row, expected)
+        return site_problems + (found or [])
 
     with Progress(len(positions), 0, enabled=progress, desc="verify") as bar, ThreadPoolExecutor(max(1, workers)) as pool:
         for problems in pool.map(check, positions):
@@ -252,6 +256,25 @@ def _verify(
             report.pixels_checked += 1
             bar.advance(0)
     return report
+
+
+T = TypeVar("T")
+#: What a damaged store can make a stage of verify raise (zarr-python's codecs raise ValueError or RuntimeError on a
+#: checksum mismatch or a corrupt frame; a malformed document gives KeyError or TypeError): each becomes a line of the
+#: report naming the stage, so that verify ends with a report, never a traceback.
+_DAMAGE = (ValueError, KeyError, TypeError, IndexError, AttributeError, OSError, RuntimeError, StoreFormatError)
+
+
+def _stage(report: VerifyReport, what: str, check: Callable[..., T], *args: Any) -> T | None:
+    return _stage_problems(report.problems, what, check, *args)
+
+
+def _stage_problems(problems: list[str], what: str, check: Callable[..., T], *args: Any) -> T | None:
+    try:
+        return check(*args)
+    except _DAMAGE as exc:
+        problems.append(f"{what}: cannot be checked: {type(exc).__name__}: {exc}")
+        return None
 
 
 def _check_site(store: StoreIO, zstore: Any, spec: SiteArraySpec, row: pd.Series, expected: Any) -> list[str]:

@@ -160,3 +160,48 @@ def test_transcode_and_verify_from_the_command_line(tmp_path: Path) -> None:
     assert checked.exit_code == 0 and "OK" in checked.output, checked.output
     info = runner.invoke(main, ["info", str(dst)])
     assert "any Zarr v3 reader" in info.output and "1 plate," in info.output
+
+
+def _flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def _first_site(store: Path) -> Path:
+    import pyarrow.parquet as pq
+
+    return store / str(pq.read_table(store / "index.parquet").column("path")[0]).rsplit("/", 1)[0]
+
+
+VERIFY_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "index array chunk flipped": (lambda s: _flip_middle(s / "index" / "plate" / "c" / "0"), "index arrays"),
+    "index array document garbage": (lambda s: (s / "index" / "site_id" / "zarr.json").write_text("{"), "index arrays"),
+    "columnar index missing": (lambda s: (s / "index.parquet").unlink(), "index.parquet: missing"),
+    "embeddings chunk missing": (lambda s: (s / "embeddings" / "c" / "0" / "0").unlink(), "embeddings"),
+    "shard data flipped": (lambda s: _flip_middle(_first_site(s) / "0" / "c" / "0" / "0" / "0"), "cannot read"),
+    "shard index absurd": (
+        lambda s: (_first_site(s) / "0" / "c" / "0" / "0" / "0").write_bytes(b"\xff" * 900), "cannot read"
+    ),
+    "thumbnail flipped": (lambda s: _flip_middle(_first_site(s) / "1" / "c" / "0" / "0" / "0"), "cannot read"),
+    "site array codec unknown": (
+        lambda s: (_first_site(s) / "0" / "zarr.json").write_text(
+            (_first_site(s) / "0" / "zarr.json").read_text().replace('"zstd"', '"evil.codec"')
+        ),
+        "cannot read",
+    ),
+    "plate document garbage": (lambda s: (_first_site(s).parents[2] / "zarr.json").write_text("[]"), "plate"),
+}
+
+
+@pytest.mark.parametrize("kind", list(VERIFY_DAMAGE))
+def test_verify_reports_damage_and_never_raises(
+    store: Path, source_tree: Path, copy_tree: Callable[[Path], Path], kind: str
+) -> None:
+    """A tampered store ends verify with a report naming what is wrong, never with a traceback."""
+    copy = copy_tree(store)
+    damage, expected = VERIFY_DAMAGE[kind]
+    damage(copy)
+    report = verify(str(source_tree), str(copy))
+    assert not report.ok
+    assert expected in report.summary(), report.summary()
