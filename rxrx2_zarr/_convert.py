@@ -64,7 +64,7 @@ from ._png import decode_png
 from ._progress import Progress
 from ._shard import ShardCodec, encode_thumbnail, thumbnail
 from ._source import Source, SourceIO
-from ._storage import StoreIO
+from ._storage import StoreIO, naming_full_disk
 
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
 
@@ -677,7 +677,6 @@ def _finalize(
 ) -> dict[str, Any]:
     """Write the index and embeddings for the sites that made it, fix up the groups that lost sites, mark the store
     complete. Returns the counts recorded in the root attributes."""
-    import zarr
 
     keep = [item.position for item in plan.items if no_pixels or item.position in checksums]
     sites = plan.sites.iloc[keep].reset_index(drop=True)
@@ -704,27 +703,16 @@ def _finalize(
     sums = [checksums.get(p) for p in keep]
     columns = index_columns(sites, sums)
     zstore = store.zarr_store(read_only=False)
-    _write_index_arrays(zstore, columns)
+    with naming_full_disk(store.url, f"the index arrays ({INDEX_GROUP}/<column>)"):
+        _write_index_arrays(zstore, columns)
     parquet = index_parquet(columns)
     store.write(INDEX_PARQUET, parquet)
     embeddings_missing = 0
     if plan.embeddings is not None:
         matrix = plan.embeddings[keep]
         embeddings_missing = int(np.isnan(matrix).all(axis=1).sum()) if matrix.size else 0
-        emb = zarr.create_array(
-            zstore,
-            name=EMBEDDINGS_ARRAY,
-            shape=matrix.shape,
-            chunks=(min(max(n, 1), 8192), max(matrix.shape[1], 1)),
-            dtype="float32",
-            fill_value=np.nan,
-            compressors=_checked_compressors(),
-            dimension_names=("site", "feature"),
-            attributes={"rxrx2": {"features": list(plan.embedding_features), "missing_rows": embeddings_missing}},
-            overwrite=True,
-        )
-        if matrix.size:
-            emb[:] = matrix
+        with naming_full_disk(store.url, f"the {EMBEDDINGS_ARRAY} array ({matrix.nbytes:,} bytes)"):
+            _write_embeddings(zstore, matrix, plan.embedding_features, embeddings_missing)
     else:
         store.delete(f"{EMBEDDINGS_ARRAY}/zarr.json")
     counts: dict[str, Any] = {
@@ -771,6 +759,27 @@ def index_columns(sites: Any, sums: Sequence[SiteChecksums | None]) -> dict[str,
     for column, field_name in zip(INDEX_CHECKSUM_COLUMNS, ("pixels", "shard", "thumbnail"), strict=True):
         columns[column] = np.array([getattr(s, field_name) if s else 0 for s in sums], dtype=np.uint32)
     return {c: columns[c] for c in INDEX_COLUMNS}
+
+
+def _write_embeddings(zstore: Any, matrix: npt.NDArray[np.float32], features: Sequence[str], missing: int) -> None:
+    """The embeddings as one float32 array (dimensions ``site``, ``feature``), aligned with the index."""
+    import zarr
+
+    n = matrix.shape[0]
+    emb = zarr.create_array(
+        zstore,
+        name=EMBEDDINGS_ARRAY,
+        shape=matrix.shape,
+        chunks=(min(max(n, 1), 8192), max(matrix.shape[1], 1)),
+        dtype="float32",
+        fill_value=np.nan,
+        compressors=_checked_compressors(),
+        dimension_names=("site", "feature"),
+        attributes={"rxrx2": {"features": list(features), "missing_rows": missing}},
+        overwrite=True,
+    )
+    if matrix.size:
+        emb[:] = matrix
 
 
 def _write_index_arrays(zstore: Any, columns: Mapping[str, npt.NDArray[Any]]) -> None:

@@ -12,11 +12,12 @@ converter) write the same store, and a listing made before a worker wrote a key 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from . import _fs
@@ -35,6 +36,26 @@ def check_key(key: str) -> str:
     if not parts or any(p in ("", ".", "..") or not _KEY_PART.match(p) for p in parts):
         raise StoreFormatError(f"unsafe store key {key!r}: must be a relative path of plain names, no '..'")
     return key
+
+
+def _named_if_full(exc: OSError, url: str, what: str) -> OSError:
+    """A full disk or quota as a :class:`StoreWriteError` naming the store and what was being written; any other
+    OSError keeps its type (a transient one is retried by the cluster)."""
+    if exc.errno not in _NO_SPACE or isinstance(exc, StoreWriteError):
+        return exc
+    return StoreWriteError(exc.errno, f"{url}: no space left to write {what}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def naming_full_disk(url: str, what: str) -> Iterator[None]:
+    """Writes through another library (zarr-python's index and embeddings arrays) report a full disk like ours."""
+    try:
+        yield
+    except OSError as exc:
+        error = _named_if_full(exc, url, what)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 class StoreIO:
@@ -198,11 +219,7 @@ class StoreIO:
             else:
                 self.fs.pipe_file(path, data)
         except OSError as exc:
-            if exc.errno not in _NO_SPACE:
-                raise  # other OSErrors keep their type: a transient one is retried by the cluster
-            raise StoreWriteError(
-                exc.errno, f"{self.url}: no space left to write {key} ({len(data):,} bytes): {exc.strerror or exc}"
-            ) from exc
+            raise _named_if_full(exc, self.url, f"{key} ({len(data):,} bytes)") from exc
 
     def write_many(self, items: Mapping[str, bytes]) -> None:
         """Write many small objects (bulk metadata); remote filesystems send them concurrently."""

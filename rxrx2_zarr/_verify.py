@@ -40,6 +40,7 @@ from ._layout import (
 )
 from ._plan import ConversionPlan, make_plan
 from ._progress import Progress
+from ._reader import open as open_store
 from ._shard import thumbnail
 from ._storage import StoreIO
 from ._transcode import StoreSource, plan_from_store
@@ -223,6 +224,9 @@ def _verify(
     if index is None or spec is None:
         return report  # nothing below can be compared without them
     report.sites_in_store = len(index)
+    # what the library's reader refuses (an unexpected codec chain, a path that leaves the store...) is a problem
+    # even where zarr-python would read the store
+    _stage(report, "rxrx2_zarr.open()", open_store, dst, dst_options)
     _stage(report, INDEX_PARQUET, _compare_parquet, store, attrs, index, report)
     _stage(report, "index", _compare_index, plan, index, skipped, report)
     _stage(report, EMBEDDINGS_ARRAY, _compare_embeddings, store, plan, index, report)

@@ -205,3 +205,45 @@ def test_verify_reports_damage_and_never_raises(
     report = verify(str(source_tree), str(copy))
     assert not report.ok
     assert expected in report.summary(), report.summary()
+
+
+def test_verify_refuses_what_open_refuses(store: Path, source_tree: Path, copy_tree: Callable[[Path], Path]) -> None:
+    """A chain zarr-python decodes but this library never writes (astype to uint16 before zstd): open() refuses it,
+    and so does verify, naming open()."""
+    copy = copy_tree(store)
+    for doc_path in copy.rglob("0/zarr.json"):
+        doc = json.loads(doc_path.read_text())
+        if doc.get("node_type") == "array" and doc["codecs"][0]["name"] == "sharding_indexed":
+            chain = doc["codecs"][0]["configuration"]["codecs"]
+            doc["codecs"][0]["configuration"]["codecs"] = [
+                {"name": "numcodecs.astype", "configuration": {"encode_dtype": "uint16", "decode_dtype": "uint8"}},
+                *chain,
+            ]
+            doc_path.write_text(json.dumps(doc))
+    with pytest.raises(StoreFormatError):
+        open_store(str(copy))
+    report = verify(str(source_tree), str(copy), sample=2)
+    assert not report.ok and "rxrx2_zarr.open()" in report.summary(), report.summary()
+
+
+@pytest.mark.parametrize("target", ["_write_index_arrays", "_write_embeddings"])
+def test_full_disk_in_zarr_python_writes_names_what(
+    source_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """The index and embeddings arrays are written through zarr-python; a full disk there is reported like our own
+    writes: StoreWriteError naming the store and the array, and the store stays incomplete (resumable)."""
+    import errno
+
+    import rxrx2_zarr._convert as convert_module
+    from rxrx2_zarr import StoreWriteError, convert
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(convert_module, target, full)
+    dst = tmp_path / "full.zarr"
+    with pytest.raises(StoreWriteError, match=r"no space left to write the (index|embeddings)") as caught:
+        convert(str(source_tree), str(dst), ConvertOptions(profile="zstd", inner_chunks=(32, 32), progress=False, limit=3))
+    assert str(dst) in str(caught.value)
+    with pytest.raises(StoreFormatError, match="incomplete"):
+        open_store(str(dst))
