@@ -20,7 +20,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         StoreFormatError,
         StoreLockedError,
         StoreWriteError,
-        VerificationError,
     )
     from ._info import InfoReport, info
     from ._layout import PROFILES, CodecProfile, SiteArraySpec
@@ -54,7 +53,6 @@ __all__ = [
     "StoreLockedError",
     "StoreWriteError",
     "SynthReport",
-    "VerificationError",
     "VerifyReport",
     "WellAddress",
     "convert",
@@ -95,7 +93,6 @@ _EXPORTS: dict[str, str] = {
     "StoreLockedError": "._errors",
     "StoreWriteError": "._errors",
     "SynthReport": "._synth",
-    "VerificationError": "._errors",
     "VerifyReport": "._verify",
     "WellAddress": "._paths",
     "convert": "._convert",

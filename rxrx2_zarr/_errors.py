@@ -22,7 +22,6 @@ __all__ = [
     "StoreLockedError",
     "StoreWriteError",
     "TransferError",
-    "VerificationError",
 ]
 
 
@@ -86,6 +85,3 @@ class SiteNotFoundError(RxRx2ZarrError, KeyError):
 class ChunkReadError(RxRx2ZarrError, OSError):
     """A stored object of a site is missing or corrupt (the message names the site_id and the object)."""
 
-
-class VerificationError(RxRx2ZarrError, AssertionError):
-    """A store does not match its source."""

@@ -690,7 +690,7 @@ class _Store:
         self._embeddings_doc, array_document = self._documents()
         self._embeddings_lock = threading.Lock()
         self._embeddings: npt.NDArray[np.float32] | None = None
-        self.codec = _codec_for(array_document)
+        _codec_for(array_document)  # validates the site array's codec chains before any read
         self.reader = _SiteReader(url, self.storage_options, self.spec, array_document, self.pixels)
         self._frame: pd.DataFrame | None = None
         self._frame_lock = threading.Lock()

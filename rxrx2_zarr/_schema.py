@@ -7,7 +7,6 @@ problem it finds (up to a limit), each naming the CSV line, the site_id, the col
 from __future__ import annotations
 
 import io
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -404,7 +403,3 @@ def align_embeddings(
     known = set(known_site_ids if known_site_ids is not None else site_ids)
     unknown = tuple(s for s in embeddings.site_ids if s not in known)
     return AlignedEmbeddings(matrix, missing, unknown)
-
-
-def is_missing_conc(value: float | None) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

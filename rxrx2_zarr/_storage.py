@@ -72,11 +72,6 @@ class StoreIO:
         """The URL as a worker process can open it (a relative local path made absolute)."""
         return _fs.portable_url(self.url)
 
-    @property
-    def process_local(self) -> bool:
-        """True when other processes cannot see this store (``memory://``): threads only, no cluster."""
-        return _fs.is_process_local(self.fs)
-
     def __reduce__(self) -> tuple[Any, ...]:
         # picklable for worker processes: rebuilt there from the URL (made absolute: a worker's working directory
         # is its own) and the options
