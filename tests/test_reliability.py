@@ -32,7 +32,6 @@ import rxrx2_zarr._convert as convert_module
 from rxrx2_zarr import (
     ImageError,
     MetadataError,
-    RxRx2ZarrError,
     SourceError,
     StoreExistsError,
     StoreLockedError,
@@ -867,8 +866,3 @@ def test_kill_9_at_several_points_then_resume(kill_tree: Path, tmp_path: Path) -
     checksums = np.asarray(zarr.open_group(str(dst), path="index", mode="r")["checksum"][:])
     for path, checksum in zip(np.asarray(zarr.open_group(str(dst), path="index", mode="r")["path"][:]), checksums, strict=True):
         assert crc32c.crc32c(np.ascontiguousarray(zarr.open_array(str(dst), path=str(path), mode="r")[:]).tobytes()) == checksum
-
-
-def test_library_error_types_are_rxrx2_errors() -> None:
-    for error in (ImageError, MetadataError, SourceError, StoreExistsError, StoreLockedError):
-        assert issubclass(error, RxRx2ZarrError)
