@@ -140,6 +140,7 @@ class PngSource:
     a web server or a bucket: ``source``, resolved by the plan; each worker process opens it itself)."""
 
     source: Source
+    unit = "PNG"
 
     def read(self, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None) -> tuple[Pixels, int]:
         return read_site_pixels(self.source.open(), item, size, notes)
@@ -161,6 +162,9 @@ class SiteJob:
 
 class PixelSource(Protocol):
     """What a site task reads pixels from: the PNG tree (``convert``) or another store (``transcode``)."""
+
+    unit: str
+    """What the byte counts of :meth:`read` measure, for the report."""
 
     def read(self, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None) -> tuple[Pixels, int]:
         """The site's (6, H, W) pixels and the number of source bytes read; ImageError names a bad site; warnings
@@ -268,6 +272,8 @@ class ConvertReport:
     pixels: bool
     execution: str
     source: str = ""
+    source_unit: str = "PNG"
+    """What ``png_bytes`` counts: the PNG files (convert), or decoded pixels of a source store (transcode)."""
     """Where the images, metadata and embeddings were found."""
 
     @property
@@ -291,15 +297,21 @@ class ConvertReport:
             lines.append(f"source: {self.source}")
         if self.resumed_skipped:
             lines.append(f"resume: {self.resumed_skipped} site(s) already complete, not rewritten")
-        if self.pixels:
+        if self.pixels and self.source_unit == "PNG":
             ratio = f" ({self.ratio:.3f}x the PNG bytes)" if self.png_bytes else ""
             lines.append(
                 f"read {self.png_bytes / 1e6:,.1f} MB of PNG, wrote {self.stored_bytes / 1e6:,.1f} MB of shards{ratio}"
             )
+        elif self.pixels:
+            lines.append(
+                f"read {self.png_bytes / 1e6:,.1f} MB of {self.source_unit}, wrote {self.stored_bytes / 1e6:,.1f} MB "
+                f"of shards and thumbnails"
+            )
         else:
             lines.append("no pixels written (--no-pixels): the tree, attributes, index and embeddings only")
         lines.append(
-            f"wall time {self.seconds:.1f} s: {self.sites_per_second:.2f} sites/s, {self.png_mb_per_second:.1f} MB/s of PNG"
+            f"wall time {self.seconds:.1f} s: {self.sites_per_second:.2f} sites/s, {self.png_mb_per_second:.1f} MB/s of "
+            f"{self.source_unit}"
         )
         if self.extra_files:
             lines.append(f"ignored {self.extra_files} file(s) under images/ that are not RxRx2 image names")
@@ -614,6 +626,7 @@ def run_conversion(
         pixels=not options.no_pixels,
         execution=options.execution.describe(),
         source=_describe_source(plan),
+        source_unit=source.unit,
     )
 
 

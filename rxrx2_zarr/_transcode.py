@@ -39,6 +39,7 @@ class StoreSource:
 
     url: str
     options: Mapping[str, Any]
+    unit = "decoded pixels (source store)"
 
     def dataset(self) -> Dataset:
         return _dataset(self.url, json.dumps(dict(self.options), sort_keys=True, default=str))
