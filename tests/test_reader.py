@@ -850,3 +850,27 @@ def test_no_embeddings(store: Path, copy_tree: Callable[[Path], Path]) -> None:
     shutil.rmtree(copy / "embeddings")
     rewrite_json(copy / "zarr.json", lambda doc: doc["attributes"]["rxrx2"]["counts"].update(embedding_dim=0))
     assert open_store(str(copy)).embeddings is None
+
+
+_ALL_DAMAGE: list[tuple[str, Callable[[Path], None]]] = [
+    *((f"malformed: {n}", d) for n, d, _ in MALFORMED),
+    *((f"damaged: {n}", d) for n, d, _ in DAMAGED),
+]
+
+
+@pytest.mark.parametrize("damage", [d for _, d in _ALL_DAMAGE], ids=[n for n, _ in _ALL_DAMAGE])
+def test_verify_ends_with_a_report_on_every_tampered_store(
+    store: Path, source_tree: Path, copy_tree: Callable[[Path], Path], damage: Callable[[Path], None]
+) -> None:
+    """Every store these tests tamper with: verify reports problems (exit 1), or says it cannot run (StoreFormatError,
+    exit 2, for a store that is not a complete rxrx2-zarr store at all); never another exception, never OK."""
+    from rxrx2_zarr import verify
+
+    copy = copy_tree(store)
+    damage(copy)
+    try:
+        report = verify(str(source_tree), str(copy), sample=3)
+    except StoreFormatError as exc:
+        assert str(copy) in str(exc) or "zarr.json" in str(exc)
+        return
+    assert not report.ok, report.summary()
