@@ -826,7 +826,6 @@ def _write_index_arrays(zstore: Any, columns: Mapping[str, npt.NDArray[Any]]) ->
 
 def index_parquet(columns: Mapping[str, npt.NDArray[Any]]) -> bytes:
     """The index as one Parquet object (page checksums on): blank concentrations are nulls, as in the CSV."""
-    import io
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -840,9 +839,10 @@ def index_parquet(columns: Mapping[str, npt.NDArray[Any]]) -> bytes:
         else:
             arrays[column] = pa.array(values)
     table = pa.table(arrays)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", write_page_checksum=True, write_statistics=True)
-    return buffer.getvalue()
+    # an Arrow output stream, not io.BytesIO: Arrow's I/O threads on a Python file object can abort at exit
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", write_page_checksum=True, write_statistics=True)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 #: Sites in the whole RxRx2 release (../shared/RXRX2.md), for ``convert --dry-run``'s estimate.

@@ -8,7 +8,6 @@ validated against ome-zarr-models' OME-NGFF 0.5 HCS model; the index and embeddi
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import random
@@ -116,6 +115,7 @@ def _read_index(store: StoreIO) -> pd.DataFrame:
 
 def _compare_parquet(store: StoreIO, attrs: Mapping[str, Any], index: pd.DataFrame, report: VerifyReport) -> None:
     """The columnar index must be intact (its recorded CRC32C) and hold exactly the index arrays' values."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -127,7 +127,7 @@ def _compare_parquet(store: StoreIO, attrs: Mapping[str, Any], index: pd.DataFra
     if crc32c.crc32c(data) != expected:
         report.problems.append(f"{INDEX_PARQUET}: crc32c {crc32c.crc32c(data)} != {expected!r} recorded in the root attributes")
         return
-    frame = pq.read_table(io.BytesIO(data)).to_pandas()
+    frame = pq.read_table(pa.BufferReader(data)).to_pandas()
     for column in INDEX_COLUMNS:
         if column not in frame.columns:
             report.problems.append(f"{INDEX_PARQUET}: no column {column!r}")
