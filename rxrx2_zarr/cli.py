@@ -153,7 +153,7 @@ def main() -> None:
 def synth(out: str, experiments: int, plates: int, wells: int, sites: int, size: int, embedding_dim: int, seed: int,
           workers: int, from_metadata: str | None, limit: int | None, metadata_only: bool, quiet: bool) -> None:
     """Write a source tree shaped exactly like RxRx2 (PNGs, metadata.csv, embeddings.csv) to OUT."""
-    from ._synth import synth as run
+    from .testing import synth as run
 
     report = _run(lambda: run(out, experiments=experiments, plates=plates, wells=wells, sites=sites, size=size,
                               embedding_dim=embedding_dim, seed=seed, workers=workers, from_metadata=from_metadata,
@@ -326,7 +326,7 @@ def show(dst: str, site_ids: Sequence[str], out: str, treatment: str | None, exp
 @click.option("--workers", default=2, show_default=True)
 def demo(workdir: str | None, size: int, wells: int, workers: int) -> None:
     """Generate a small RxRx2-shaped dataset, convert it, verify it and compare read speed with the PNGs."""
-    from ._demo import demo as run
+    from .testing import demo as run
 
     _run(lambda: run(workdir, size=size, wells=wells, workers=workers, echo=click.echo))
 

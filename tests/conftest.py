@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from rxrx2_zarr import synth
 from rxrx2_zarr._convert import ConvertOptions, convert
-from rxrx2_zarr._synth import synth
 
 #: Small sites keep the suite fast; realism and speed are checked at 1024 by dedicated tests and the benchmarks.
 SMALL = 96

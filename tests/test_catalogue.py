@@ -36,13 +36,13 @@ from rxrx2_zarr import (
     StoreExistsError,
     StoreWriteError,
     _lock,
+    synth,
 )
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._layout import EMBEDDINGS_ARRAY, INDEX_GROUP, SiteArraySpec
 from rxrx2_zarr._paths import RESERVED_NAMES, check_experiment, is_reserved_name, parse_site_id
 from rxrx2_zarr._png import decode_png
 from rxrx2_zarr._schema import load_embeddings, load_metadata, validate_metadata
-from rxrx2_zarr._synth import synth
 from rxrx2_zarr._verify import verify
 from rxrx2_zarr.cli import main
 

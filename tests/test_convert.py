@@ -18,11 +18,10 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from rxrx2_zarr import StoreExistsError
+from rxrx2_zarr import StoreExistsError, synth
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._layout import PROFILES
 from rxrx2_zarr._paths import GRID_ROWS
-from rxrx2_zarr._synth import synth
 from rxrx2_zarr._verify import verify
 from rxrx2_zarr.cli import main
 

@@ -32,13 +32,13 @@ from dask.blockwise import Blockwise
 from fsspec.implementations.local import LocalFileSystem
 
 import rxrx2_zarr
+from rxrx2_zarr import synth
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._errors import ChunkReadError, SiteNotFoundError, StoreFormatError
 from rxrx2_zarr._layout import PROFILES
 from rxrx2_zarr._reader import Dataset
 from rxrx2_zarr._reader import open as open_store
 from rxrx2_zarr._schema import METADATA_COLUMNS, load_embeddings, load_metadata
-from rxrx2_zarr._synth import synth
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -472,7 +472,7 @@ def test_import_and_open_stay_light(store: Path) -> None:
     )
     loaded = {k: set(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
     heavy = {"dask", "pandas", "pyarrow", "zarr", "imagecodecs", "numcodecs", "fsspec"}
-    ours = {f"rxrx2_zarr.{m}" for m in ("_convert", "_synth", "_demo", "_timing", "_verify", "_transcode", "_hierarchy", "_codec")}
+    ours = {f"rxrx2_zarr.{m}" for m in ("_convert", "testing", "_verify", "_transcode", "_hierarchy", "_codec")}
     assert not loaded["import"] & (heavy | ours | {"rxrx2_zarr._reader"}), loaded["import"] & (heavy | ours)
     # pandas too: pyarrow's to_numpy imports it (~150 ms of a cold open); the index is decoded from Arrow buffers
     light_open = {"dask", "zarr", "imagecodecs", "numcodecs", "pandas"}
@@ -827,11 +827,11 @@ def test_thumbnails_are_block_means(ds: Dataset, source_tree: Path) -> None:
 
 
 def test_to_rgb_on_dataset_reads_channels(ds: Dataset) -> None:
-    from rxrx2_zarr._render import to_rgb
+    from rxrx2_zarr import render_rgb
 
     site_id = ds.site_ids[2]
-    np.testing.assert_array_equal(ds.to_rgb(site_id), to_rgb(ds.site(site_id)))
-    np.testing.assert_array_equal(ds.to_rgb([site_id], channels=(2, 5))[0], to_rgb(ds.site(site_id), channels=(2, 5)))
+    np.testing.assert_array_equal(ds.to_rgb(site_id), render_rgb(ds.site(site_id)))
+    np.testing.assert_array_equal(ds.to_rgb([site_id], channels=(2, 5))[0], render_rgb(ds.site(site_id), channels=(2, 5)))
 
 
 def test_repr_and_shape(ds: Dataset) -> None:

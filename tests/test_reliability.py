@@ -36,13 +36,13 @@ from rxrx2_zarr import (
     StoreExistsError,
     StoreLockedError,
     _lock,
+    synth,
 )
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._plan import make_plan
 from rxrx2_zarr._png import decode_png
 from rxrx2_zarr._shard import ShardCodec
 from rxrx2_zarr._storage import StoreIO
-from rxrx2_zarr._synth import synth
 from rxrx2_zarr._verify import verify
 
 pytestmark = [

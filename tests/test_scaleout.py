@@ -30,12 +30,11 @@ from _services import (
 from click.testing import CliRunner
 from PIL import Image
 
-from rxrx2_zarr import _lock
+from rxrx2_zarr import _lock, synth
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._errors import ImageError, StoreLockedError
 from rxrx2_zarr._plan import ConversionPlan, make_plan
 from rxrx2_zarr._storage import StoreIO
-from rxrx2_zarr._synth import synth
 from rxrx2_zarr._verify import verify
 from rxrx2_zarr.cli import main as cli
 

@@ -6,10 +6,10 @@ import os
 import tempfile
 from collections.abc import Callable
 
-from ._convert import ConvertOptions, convert
+from .._convert import ConvertOptions, convert
+from .._verify import verify
 from ._synth import synth
 from ._timing import PngSiteReader, time_calls
-from ._verify import verify
 
 __all__ = ["demo"]
 
@@ -31,7 +31,7 @@ def demo(workdir: str | None, *, size: int = 1024, wells: int = 4, workers: int 
     if not checked.ok:
         raise SystemExit(1)
     echo("[4/4] reading sites: store vs PNG (same sites, one thread, median of 3 rounds)")
-    from ._reader import open as open_store
+    from .._reader import open as open_store
 
     dataset = open_store(dst)
     site_ids = list(dataset.sites.index[: min(12, len(dataset))])
