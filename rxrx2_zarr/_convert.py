@@ -39,6 +39,7 @@ from . import _fs, _lock
 from ._errors import ImageError, SpecialFileError, StoreExistsError, StoreFormatError
 from ._execute import ExecutionConfig, check_scheduler, run_tasks
 from ._hierarchy import SiteChecksums, dump, site_document, static_documents
+from ._json import report_json
 from ._layout import (
     DEFAULT_PROFILE,
     EMBEDDINGS_ARRAY,
@@ -65,6 +66,7 @@ from ._progress import Progress
 from ._shard import ShardCodec, encode_thumbnail, thumbnail
 from ._source import Source, SourceIO
 from ._storage import StoreIO, naming_full_disk
+from ._text import count, problem_lines
 
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
 
@@ -289,14 +291,20 @@ class ConvertReport:
     def png_mb_per_second(self) -> float:
         return self.png_bytes / 1e6 / self.seconds if self.seconds > 0 else float("nan")
 
+    def to_json(self) -> dict[str, Any]:
+        """The report's fields and its rates as a JSON-ready document (``rxrx2-zarr convert --json``)."""
+        return report_json(
+            self, ratio=self.ratio, sites_per_second=self.sites_per_second, png_mb_per_second=self.png_mb_per_second
+        )
+
     def summary(self) -> str:
         lines = [
-            f"converted {self.converted} of {self.sites_total} site(s) from {self.src} to {self.dst} ({self.execution})",
+            f"converted {self.converted:,} of {count(self.sites_total, 'site')} from {self.src} to {self.dst} ({self.execution})",
         ]
         if self.source:
             lines.append(f"source: {self.source}")
         if self.resumed_skipped:
-            lines.append(f"resume: {self.resumed_skipped} site(s) already complete, not rewritten")
+            lines.append(f"resume: {count(self.resumed_skipped, 'site')} already complete, not rewritten")
         if self.pixels and self.source_unit == "PNG":
             ratio = f" ({self.ratio:.3f}x the PNG bytes)" if self.png_bytes else ""
             lines.append(
@@ -314,14 +322,14 @@ class ConvertReport:
             f"{self.source_unit}"
         )
         if self.extra_files:
-            lines.append(f"ignored {self.extra_files} file(s) under images/ that are not RxRx2 image names")
+            lines.append(f"ignored {count(self.extra_files, 'file')} under images/ that are not RxRx2 image names")
         if self.embeddings_missing:
-            lines.append(f"{self.embeddings_missing} site(s) without an embedding (NaN rows)")
+            lines.append(f"{count(self.embeddings_missing, 'site')} without an embedding (NaN rows)")
         for warning in self.warnings:
             lines.append(f"warning: {warning}")
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} site(s):")
-            lines.extend(f"  {s.site_id}: {s.reason}" for s in self.skipped)
+            lines.append(f"skipped {count(len(self.skipped), 'site')}:")
+            lines.extend(problem_lines([f"{s.site_id}: {s.reason}" for s in self.skipped]))
         return "\n".join(lines)
 
 
@@ -867,10 +875,14 @@ class ConversionEstimate:
     def cpu_hours(self, sites: int) -> float:
         return sites * (self.read_seconds + self.encode_seconds) / 3600
 
+    def to_json(self) -> dict[str, Any]:
+        """The estimate's fields and its CPU-hours as a JSON-ready document (``convert --dry-run --json``)."""
+        return report_json(self, cpu_hours=self.cpu_hours(self.sites), release_cpu_hours=self.cpu_hours(RELEASE_SITES))
+
     def summary(self) -> str:
         return "\n".join(
             [
-                f"dry run: {self.sites} site(s) planned; measured on {len(self.sample)} of them, one core:",
+                f"dry run: {count(self.sites, 'site')} planned; measured on {len(self.sample)} of them, one core:",
                 f"  PNG read + decode {self.read_seconds * 1e3:,.0f} ms/site, encode ({self.profile}, level "
                 f"{self.level}) {self.encode_seconds * 1e3:,.0f} ms/site, {self.ratio:.3f}x the PNG bytes",
                 f"  estimate: {self.cpu_hours(self.sites):,.2f} CPU-hours for this conversion, "

@@ -277,7 +277,7 @@ def test_duplicates_found_among_50k_rows() -> None:
     with pytest.raises(MetadataError) as info:
         validate_metadata(frame, source="metadata.csv")
     message = str(info.value)
-    assert "2 problem(s)" in message, message
+    assert "2 problems" in message, message
     for k, line in ((1, 50_001), (2, 50_000)):
         site_id = frame["site_id"].iloc[10 * k]
         assert f"line {line}: column 'site_id': duplicate site_id {site_id!r} (first on line {10 * k + 2})" in message
@@ -288,7 +288,7 @@ def test_many_identical_rows_are_counted_not_listed() -> None:
     with pytest.raises(MetadataError) as info:
         validate_metadata(frame, source="metadata.csv")
     message = str(info.value)
-    assert "19999 problem(s)" in message and "... and 19979 more" in message
+    assert "19,999 problems" in message and "... and 19,979 more" in message
     assert "(first on line 2)" in message and len(message) < 5_000
 
 

@@ -349,7 +349,7 @@ def test_cluster_survives_a_killed_worker(s3: MotoS3, big_tree: Path, tmp_path: 
         with cluster.client() as client:  # the scheduler saw the loss: one worker left
             assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
     output = run.output()
-    assert f"converted {n} of {n} site(s)" in output, output
+    assert f"converted {n} of {n} sites" in output, output
     assert f"Dask cluster at {cluster.address}" in output
     assert f"{n}/{n}" in output  # the progress bar reached the end
     assert markers <= s3.keys(bucket, "rxrx2.zarr/")
@@ -366,7 +366,7 @@ def test_local_process_cluster_from_the_command_line(tree: Path, plan: Conversio
     finally:
         run.stop()
     output = run.output()
-    assert f"converted {n} of {n} site(s)" in output and "local Dask cluster, 2 worker process(es)" in output, output
+    assert f"converted {n} of {n} sites" in output and "local Dask cluster, 2 worker process(es)" in output, output
     assert f"{n}/{n}" in output
     _assert_verified(str(tree), str(out), n)
     root = json.loads((out / "zarr.json").read_text())["attributes"]["rxrx2"]
