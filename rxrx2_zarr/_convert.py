@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import re
 import time
@@ -70,6 +71,7 @@ from ._text import count, problem_lines
 
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
 
+_log = logging.getLogger(__name__)
 OnError = Literal["fail", "skip"]
 Pixels = npt.NDArray[np.uint8]
 
@@ -96,7 +98,8 @@ class ConvertOptions:
     workers: int = 1
     processes: bool = False
     scheduler: str | None = None
-    progress: bool = True
+    progress: bool = False
+    """Draw a progress bar on stderr (the command line decides: only when stderr is a terminal)."""
     src_storage_options: Mapping[str, Any] = field(default_factory=dict)
     dst_storage_options: Mapping[str, Any] = field(default_factory=dict)
     metadata: str | None = None
@@ -570,6 +573,7 @@ def run_conversion(
             listing = store.find()
             _remove_partials(store, listing)
             done = _completed_sites(store, plan, listing)
+            _log.info("%s: resuming, %s of %s already complete", dst, len(done), count(len(plan.items), "site"))
         root = RootAttributes(
             options=spec.options() | {"no_pixels": options.no_pixels},
             source=_source_attrs(plan, options),
@@ -595,6 +599,8 @@ def run_conversion(
             def collect(result: SiteResult) -> None:
                 results[result.position] = result
                 bar.advance(result.png_bytes)
+                for note in result.notes:  # as they happen: the report lists them again at the end
+                    _log.warning(note)
 
             if not options.no_pixels:
                 try:

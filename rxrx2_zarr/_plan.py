@@ -10,6 +10,7 @@ size or kind in an unsampled header) fails at its site. Planning never writes an
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -33,6 +34,8 @@ from ._source import Source, SourceIO, resolve_source
 from ._text import MAX_LISTED, count, problem_lines
 
 __all__ = ["ConversionPlan", "SiteItem", "Skip", "make_plan"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,9 @@ def make_plan(
         for i, (k, p) in enumerate((k, site_paths(k)) for k in keys)
     )
     selected = selected.assign(path=[item.array for item in items])
+    for warning in warnings:
+        _log.warning("%s: %s", src_url, warning)
+    _log.info("%s: %s planned, %s skipped", src_url, count(len(items), "site"), count(len(skipped), "site"))
     return ConversionPlan(
         src=src_url,
         sites=selected,

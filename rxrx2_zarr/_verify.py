@@ -9,6 +9,7 @@ validated against ome-zarr-models' OME-NGFF 0.5 HCS model; the index and embeddi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import warnings
@@ -47,6 +48,8 @@ from ._text import count, problem_lines
 from ._transcode import StoreSource, plan_from_store
 
 __all__ = ["VerifyReport", "verify"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -257,6 +260,7 @@ def _compare_pixels(
     progress: bool,
 ) -> None:
     """Every site at ``positions`` of the index against its source pixels, ``workers`` sites at a time."""
+    _log.info("%s: comparing the pixels of %s of %s with %s", report.dst, count(len(positions), "site"), len(index), report.src)
     zstore = store.zarr_store()
     by_site = {item.site_id: item for item in plan.items}
 

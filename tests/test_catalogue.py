@@ -524,7 +524,7 @@ def test_disk_full_names_the_object_then_resume_completes(src: Path, tmp_path: P
     key = f"{shard.experiment}/Plate{shard.plate}/{shard.well.row}/{shard.well.column_name}/{shard.site}/0/c/0/0/0"
     assert info.value.errno == errno.ENOSPC and key in message and str(dst) in message, message
     assert not list(dst.rglob("*.partial"))  # the temporary file of the failed write is gone
-    flags = ["--resume", "--quiet", "--inner-chunks", "32,32", "--profile", "fast"]
+    flags = ["--resume", "--quiet", "--inner-chunks", "32,32", "--profile", "fast", "--workers", "1"]  # as above
     result = CliRunner().invoke(main, ["convert", str(src), str(dst), *flags])
     assert result.exit_code == 2 and key in result.output  # the CLI says the same, no traceback
     state["full"] = False  # space freed: resume completes the store

@@ -14,19 +14,28 @@ from ._timing import PngSiteReader, time_calls
 __all__ = ["demo"]
 
 
-def demo(workdir: str | None, *, size: int = 1024, wells: int = 4, workers: int = 2, echo: Callable[[str], None] = print) -> None:
-    """Run the whole pipeline on a small generated dataset in ``workdir`` (a new temporary directory if None)."""
+def demo(
+    workdir: str | None,
+    *,
+    size: int = 1024,
+    wells: int = 4,
+    workers: int = 2,
+    echo: Callable[[str], None] = print,
+    progress: bool = False,
+) -> None:
+    """Run the whole pipeline on a small generated dataset in ``workdir`` (a new temporary directory if None),
+    telling ``echo`` what it does and measures; ``progress`` draws the bars of generating, converting, verifying."""
     root = workdir or tempfile.mkdtemp(prefix="rxrx2-zarr-demo-")
     os.makedirs(root, exist_ok=True)
     src, dst = os.path.join(root, "rxrx2"), os.path.join(root, "rxrx2.zarr")
     echo(f"[1/4] generating an RxRx2-shaped dataset in {src} (1 experiment x 2 plates x {wells} wells x 4 sites, {size}x{size})")
-    generated = synth(src, experiments=1, plates=2, wells=wells, sites=4, size=size, seed=0, workers=workers, progress=True)
+    generated = synth(src, experiments=1, plates=2, wells=wells, sites=4, size=size, seed=0, workers=workers, progress=progress)
     echo(generated.summary())
     echo(f"[2/4] converting to {dst}")
-    report = convert(src, dst, ConvertOptions(workers=workers, overwrite=True))
+    report = convert(src, dst, ConvertOptions(workers=workers, overwrite=True, progress=progress))
     echo(report.summary())
     echo("[3/4] verifying every pixel, checksum, NGFF document, the index and the embeddings")
-    checked = verify(src, dst, workers=workers)
+    checked = verify(src, dst, workers=workers, progress=progress)
     echo(checked.summary())
     if not checked.ok:
         raise SystemExit(1)

@@ -8,6 +8,7 @@ byte-identical files whatever the number of workers or the order in which sites 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -42,6 +43,8 @@ from ._plates import (
 )
 
 __all__ = ["PNG_LEVEL", "PNG_STRATEGY", "SynthReport", "synth"]
+
+_log = logging.getLogger(__name__)
 
 #: zlib settings of the PNG writer. Measured on these images (1024 x 1024, 12 sites, one core): level 6 (Pillow's
 #: and libpng's default) 236 KB in 88 ms per file; level 4 with the Z_FILTERED strategy 241 KB in 32 ms (within
@@ -221,6 +224,7 @@ def synth(
         rows = plate_layout(experiments, plates, wells, sites, seed)
         text, site_list = metadata_from_layout(rows[:limit] if limit is not None else rows)
 
+    _log.info("%s: writing %s%s", out, count(len(site_list), "site"), " (metadata only)" if metadata_only else "")
     root.mkdir(parents=True, exist_ok=True)
     write_metadata(root / "metadata.csv", text)
     site_ids = [row[0] for row in text]
