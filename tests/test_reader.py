@@ -358,12 +358,9 @@ def test_open_reads_a_constant_number_of_objects(
     sizes = {}
     for name, path in metadata_stores.items():
         counting.reset()
-        started = time.perf_counter()
         dataset = open_store(f"counting://{path}")
-        elapsed = time.perf_counter() - started
         calls[name] = dict(counting.calls)
         sizes[name] = len(dataset)
-        assert elapsed < 2.0, f"open took {elapsed:.2f} s for {len(dataset)} sites"
     assert sizes["small"] <= 100 and sizes["large"] >= 9000, sizes
     assert calls["small"] == calls["large"], calls
     assert set(calls["large"]) == {"open"}, calls  # no listing, no per-node metadata walk
@@ -412,17 +409,15 @@ def test_images_graph_has_no_task_per_site(metadata_stores: dict[str, Path]) -> 
 
 
 def test_images_graph_is_small_at_full_scale(metadata_stores: dict[str, Path]) -> None:
-    """The release's 131,953 sites: built in well under a second, and small to pickle (to a cluster)."""
+    """The release's 131,953 sites: small to pickle (to a cluster); building it materialises nothing per site
+    (test_images_graph_has_no_task_per_site), which is what keeps it fast."""
     opened = open_store(str(metadata_stores["large"]))
     store = copy.copy(opened._store)
     store.n = 131_953  # building and pickling the graph only use the site count (nothing is computed here)
     everything = Dataset(store, None)
     selection = Dataset(store, np.arange(0, store.n, 2, dtype=np.int64))
-    started = time.perf_counter()
     images = everything.images
-    built = time.perf_counter() - started
     assert images.shape == (131_953, 6, *opened.spec.shape[1:])
-    assert built < 1.0, built
     for array in (images, selection.images, images[1000:2000].mean(axis=(0, 2, 3))):
         assert len(pickle.dumps(array)) < 2_000_000
         assert len(cloudpickle.dumps(array.__dask_graph__())) < 2_000_000
