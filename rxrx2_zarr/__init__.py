@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         StoreFormatError,
         StoreLockedError,
         StoreWriteError,
+        TransferError,
     )
     from ._info import InfoReport, info
     from ._layout import PROFILES, CodecProfile, SiteArraySpec
@@ -54,6 +55,7 @@ __all__ = [
     "StoreLockedError",
     "StoreWriteError",
     "SynthReport",
+    "TransferError",
     "VerifyReport",
     "WellAddress",
     "convert",
@@ -94,6 +96,7 @@ _EXPORTS: dict[str, str] = {
     "StoreLockedError": "._errors",
     "StoreWriteError": "._errors",
     "SynthReport": ".testing",
+    "TransferError": "._errors",
     "VerifyReport": "._verify",
     "WellAddress": "._paths",
     "convert": "._convert",

@@ -305,3 +305,13 @@ def test_one_formatter_lists_problems_in_verify_convert_and_info(tree: Path, sto
 
     listed = CliRunner().invoke(main, ["info", str(store)]).output
     assert "skipped at conversion" not in listed  # nothing was skipped in this store
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    """``rxrx2-zarr demo`` (moved into rxrx2_zarr.testing) still generates, converts, verifies and times reads."""
+    done = _cli("demo", str(tmp_path / "demo"), "--size", "64", "--wells", "2", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "ms/site", "done: try"):
+        assert step in done.stdout, done.stdout
+    assert ": OK" in done.stdout and (tmp_path / "demo" / "rxrx2.zarr" / "zarr.json").is_file()
+    assert "convert:" not in done.stderr  # stderr is a pipe here: no progress bars
