@@ -322,7 +322,7 @@ def test_cluster_survives_a_killed_worker(s3: MotoS3, big_tree: Path, tmp_path: 
     # every site task takes >= 0.4 s on the workers, so the run lasts seconds and the kill lands mid-run
     with dask_cluster(tmp_path / "cluster", 2, preload=True, env={SITE_SECONDS_ENV: "0.4"}) as cluster:
         run = rxrx2_cli(
-            ["convert", str(big_tree), url, "--scheduler", cluster.address, "--inner-chunks", INNER_FLAG,
+            ["convert", str(big_tree), url, "--scheduler", cluster.address, "--inner-chunks", INNER_FLAG, "--progress",
              *s3.cli_options("--dst-storage-option")],
             tmp_path / "convert.log",
         )
@@ -359,7 +359,8 @@ def test_cluster_survives_a_killed_worker(s3: MotoS3, big_tree: Path, tmp_path: 
 def test_local_process_cluster_from_the_command_line(tree: Path, plan: ConversionPlan, tmp_path: Path) -> None:
     n = len(plan.items)
     out = tmp_path / "processes.zarr"
-    run = rxrx2_cli(["convert", str(tree), str(out), "--workers", "2", "--processes", "--inner-chunks", INNER_FLAG],
+    run = rxrx2_cli(["convert", str(tree), str(out), "--workers", "2", "--processes", "--inner-chunks", INNER_FLAG,
+                     "--progress"],  # the log is a file, not a terminal: ask for the bar
                     tmp_path / "convert.log")
     try:
         assert run.wait(300) == 0, run.output()
