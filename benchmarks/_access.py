@@ -1,6 +1,6 @@
 """How each side of a comparison reads pixels.
 
-The PNG side is ``rxrx2_zarr._timing.PngSiteReader`` (six files decoded per site, Pillow or imagecodecs), plus the
+The PNG side is ``rxrx2_zarr.testing.PngSiteReader`` (six files decoded per site, Pillow or imagecodecs), plus the
 one-file read of a single channel here. The store side is :class:`StoreSiteReader`: strictly one thread per read,
 so that "1 thread" means the same on both sides. The library's own ``Dataset.site``/``read`` split a single site
 over its read pool (faster on an idle multi-core machine, but not a one-thread figure); the suite reports that
@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from rxrx2_zarr._paths import parse_site_id
 from rxrx2_zarr._reader import open as open_store
-from rxrx2_zarr._timing import PngSiteReader
+from rxrx2_zarr.testing import PngSiteReader
 
 __all__ = ["PngSiteReader", "StoreSiteReader", "decode_png_bytes", "open_store", "png_channel", "same"]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import re
 import time
@@ -39,6 +40,7 @@ from . import _fs, _lock
 from ._errors import ImageError, SpecialFileError, StoreExistsError, StoreFormatError
 from ._execute import ExecutionConfig, check_scheduler, run_tasks
 from ._hierarchy import SiteChecksums, dump, site_document, static_documents
+from ._json import report_json
 from ._layout import (
     DEFAULT_PROFILE,
     EMBEDDINGS_ARRAY,
@@ -65,9 +67,11 @@ from ._progress import Progress
 from ._shard import ShardCodec, encode_thumbnail, thumbnail
 from ._source import Source, SourceIO
 from ._storage import StoreIO, naming_full_disk
+from ._text import count, problem_lines
 
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
 
+_log = logging.getLogger(__name__)
 OnError = Literal["fail", "skip"]
 Pixels = npt.NDArray[np.uint8]
 
@@ -94,7 +98,8 @@ class ConvertOptions:
     workers: int = 1
     processes: bool = False
     scheduler: str | None = None
-    progress: bool = True
+    progress: bool = False
+    """Draw a progress bar on stderr (the command line decides: only when stderr is a terminal)."""
     src_storage_options: Mapping[str, Any] = field(default_factory=dict)
     dst_storage_options: Mapping[str, Any] = field(default_factory=dict)
     metadata: str | None = None
@@ -289,14 +294,20 @@ class ConvertReport:
     def png_mb_per_second(self) -> float:
         return self.png_bytes / 1e6 / self.seconds if self.seconds > 0 else float("nan")
 
+    def to_json(self) -> dict[str, Any]:
+        """The report's fields and its rates as a JSON-ready document (``rxrx2-zarr convert --json``)."""
+        return report_json(
+            self, ratio=self.ratio, sites_per_second=self.sites_per_second, png_mb_per_second=self.png_mb_per_second
+        )
+
     def summary(self) -> str:
         lines = [
-            f"converted {self.converted} of {self.sites_total} site(s) from {self.src} to {self.dst} ({self.execution})",
+            f"converted {self.converted:,} of {count(self.sites_total, 'site')} from {self.src} to {self.dst} ({self.execution})",
         ]
         if self.source:
             lines.append(f"source: {self.source}")
         if self.resumed_skipped:
-            lines.append(f"resume: {self.resumed_skipped} site(s) already complete, not rewritten")
+            lines.append(f"resume: {count(self.resumed_skipped, 'site')} already complete, not rewritten")
         if self.pixels and self.source_unit == "PNG":
             ratio = f" ({self.ratio:.3f}x the PNG bytes)" if self.png_bytes else ""
             lines.append(
@@ -314,14 +325,14 @@ class ConvertReport:
             f"{self.source_unit}"
         )
         if self.extra_files:
-            lines.append(f"ignored {self.extra_files} file(s) under images/ that are not RxRx2 image names")
+            lines.append(f"ignored {count(self.extra_files, 'file')} under images/ that are not RxRx2 image names")
         if self.embeddings_missing:
-            lines.append(f"{self.embeddings_missing} site(s) without an embedding (NaN rows)")
+            lines.append(f"{count(self.embeddings_missing, 'site')} without an embedding (NaN rows)")
         for warning in self.warnings:
             lines.append(f"warning: {warning}")
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} site(s):")
-            lines.extend(f"  {s.site_id}: {s.reason}" for s in self.skipped)
+            lines.append(f"skipped {count(len(self.skipped), 'site')}:")
+            lines.extend(problem_lines([f"{s.site_id}: {s.reason}" for s in self.skipped]))
         return "\n".join(lines)
 
 
@@ -562,6 +573,7 @@ def run_conversion(
             listing = store.find()
             _remove_partials(store, listing)
             done = _completed_sites(store, plan, listing)
+            _log.info("%s: resuming, %s of %s already complete", dst, len(done), count(len(plan.items), "site"))
         root = RootAttributes(
             options=spec.options() | {"no_pixels": options.no_pixels},
             source=_source_attrs(plan, options),
@@ -587,6 +599,8 @@ def run_conversion(
             def collect(result: SiteResult) -> None:
                 results[result.position] = result
                 bar.advance(result.png_bytes)
+                for note in result.notes:  # as they happen: the report lists them again at the end
+                    _log.warning(note)
 
             if not options.no_pixels:
                 try:
@@ -867,10 +881,14 @@ class ConversionEstimate:
     def cpu_hours(self, sites: int) -> float:
         return sites * (self.read_seconds + self.encode_seconds) / 3600
 
+    def to_json(self) -> dict[str, Any]:
+        """The estimate's fields and its CPU-hours as a JSON-ready document (``convert --dry-run --json``)."""
+        return report_json(self, cpu_hours=self.cpu_hours(self.sites), release_cpu_hours=self.cpu_hours(RELEASE_SITES))
+
     def summary(self) -> str:
         return "\n".join(
             [
-                f"dry run: {self.sites} site(s) planned; measured on {len(self.sample)} of them, one core:",
+                f"dry run: {count(self.sites, 'site')} planned; measured on {len(self.sample)} of them, one core:",
                 f"  PNG read + decode {self.read_seconds * 1e3:,.0f} ms/site, encode ({self.profile}, level "
                 f"{self.level}) {self.encode_seconds * 1e3:,.0f} ms/site, {self.ratio:.3f}x the PNG bytes",
                 f"  estimate: {self.cpu_hours(self.sites):,.2f} CPU-hours for this conversion, "

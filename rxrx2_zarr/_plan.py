@@ -10,6 +10,7 @@ size or kind in an unsampled header) fails at its site. Planning never writes an
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -30,10 +31,11 @@ from ._schema import (
     validate_metadata,
 )
 from ._source import Source, SourceIO, resolve_source
+from ._text import MAX_LISTED, count, problem_lines
 
 __all__ = ["ConversionPlan", "SiteItem", "Skip", "make_plan"]
 
-MAX_LISTED = 20
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ def make_plan(
             if image.site_key.site_id not in all_site_ids:
                 orphans.append(name)
         if orphans:
-            message = f"{len(orphans)} image(s) have no row in {metadata_name}, e.g. " + ", ".join(sorted(orphans)[:MAX_LISTED])
+            message = f"{count(len(orphans), 'image')} with no row in {metadata_name}, e.g. " + ", ".join(sorted(orphans)[:MAX_LISTED])
             if on_error == "fail":
                 raise SourceError(f"{src_url}: {message}")
             warnings.append(message)
@@ -243,6 +245,9 @@ def make_plan(
         for i, (k, p) in enumerate((k, site_paths(k)) for k in keys)
     )
     selected = selected.assign(path=[item.array for item in items])
+    for warning in warnings:
+        _log.warning("%s: %s", src_url, warning)
+    _log.info("%s: %s planned, %s skipped", src_url, count(len(items), "site"), count(len(skipped), "site"))
     return ConversionPlan(
         src=src_url,
         sites=selected,
@@ -264,25 +269,22 @@ def make_plan(
 
 def _check_well_consistency(metadata: pd.DataFrame, source: str) -> None:
     """A well holds one treatment at one concentration; an experiment one cell type."""
-    problems = []
+    per_experiment = metadata.groupby("experiment")["cell_type"].nunique()
+    problems = [f"experiment {experiment!r}: more than one cell_type" for experiment in per_experiment.index[per_experiment > 1]]
     # built-in aggregations only (no Python callback per group): linear in the rows
     per_well = metadata.assign(_conc=metadata["treatment_conc"].fillna(-1.0)).groupby("well_id", sort=False).agg(
         treatments=("treatment", "nunique"), concs=("_conc", "nunique")
     )
     disagree = list(per_well.index[(per_well["treatments"] > 1) | (per_well["concs"] > 1)])
-    if len(disagree) > MAX_LISTED:
-        problems.append(f"{len(disagree)} wells whose sites disagree on treatment/treatment_conc, e.g.")
-    listed = metadata[metadata["well_id"].isin(disagree[:MAX_LISTED])]
+    listed = metadata[metadata["well_id"].isin(disagree[:MAX_LISTED])]  # only the wells a message can list
     for well_id, rows in listed.groupby("well_id", sort=False):
         problems.append(
             f"well_id {well_id!r}: sites disagree on treatment/treatment_conc "
             f"({sorted(set(zip(rows['treatment'], rows['treatment_conc'].astype(str), strict=True)))})"
         )
-    per_experiment = metadata.groupby("experiment")["cell_type"].nunique()
-    for experiment in per_experiment.index[per_experiment > 1]:
-        problems.append(f"experiment {experiment!r}: more than one cell_type")
+    total = len(problems) + len(disagree) - min(len(disagree), MAX_LISTED)
     if problems:
-        raise MetadataError(f"{source}: " + "; ".join(problems[: MAX_LISTED + 2]))
+        raise MetadataError(f"{source}: {count(total, 'problem')}:\n" + "\n".join(problem_lines(problems, total=total)))
 
 
 #: How many sites' first image headers decide the dataset's image size (a majority vote, so that one odd image
@@ -292,11 +294,11 @@ SIZE_SAMPLE = 9
 
 def _raise_site_problems(src_url: str, problems: Mapping[str, Sequence[str]], headline: str | None) -> NoReturn:
     lines = [f"{site_id}: {what}" for site_id, whats in problems.items() for what in whats]
-    listed = "\n  ".join(lines[:MAX_LISTED])
-    more = f"\n  ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
     missing = sum(what.startswith("missing image") for whats in problems.values() for what in whats)
-    head = headline or (f"{missing} image(s) missing" if missing == len(lines) else f"{len(lines)} problem(s) with source images")
-    raise SourceError(f"{src_url}: {head}:\n  {listed}{more}")
+    head = headline or (
+        f"{count(missing, 'image')} missing" if missing == len(lines) else f"{count(len(lines), 'problem')} with source images"
+    )
+    raise SourceError(f"{src_url}: {head}:\n" + "\n".join(problem_lines(lines)))
 
 
 def _image_size(src: SourceIO, paths: Sequence[str]) -> tuple[int, int]:
@@ -340,10 +342,10 @@ def _embeddings(
     table = parse_embeddings(src.read(name), name)
     aligned = align_embeddings(table, selected["site_id"].tolist(), metadata["site_id"].tolist())
     if aligned.unknown:
-        message = f"{name}: {len(aligned.unknown)} site_id(s) not in the metadata, e.g. {list(aligned.unknown[:MAX_LISTED])}"
+        message = f"{name}: {count(len(aligned.unknown), 'site_id')} not in the metadata, e.g. {list(aligned.unknown[:MAX_LISTED])}"
         if on_error == "fail":
             raise MetadataError(message)
         warnings.append(message)
     if aligned.missing:
-        warnings.append(f"{name}: {len(aligned.missing)} site(s) have no embedding (NaN rows)")
+        warnings.append(f"{name}: {count(len(aligned.missing), 'site')} without an embedding (NaN rows)")
     return aligned.matrix, table.feature_names, len(aligned.missing)

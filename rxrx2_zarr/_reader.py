@@ -1310,7 +1310,7 @@ class Dataset:
     def to_rgb(
         self, sites: str | Sequence[str], channels: Sequence[int] = CHANNELS, vmax: float = 255.0
     ) -> Pixels:
-        """Recursion's RGB rendering (:func:`rxrx2_zarr._render.to_rgb`) of one site (H, W, 3) or several (n, H, W, 3)."""
+        """Recursion's RGB rendering (:func:`rxrx2_zarr.render_rgb`) of one site (H, W, 3) or several (n, H, W, 3)."""
         from ._render import render_planes
 
         channels = tuple(channels)

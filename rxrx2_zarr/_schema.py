@@ -20,6 +20,7 @@ from . import _fs
 from ._columns import INTEGER_COLUMNS, METADATA_COLUMNS, STRING_COLUMNS
 from ._errors import MetadataError, PathGrammarError, SourceError
 from ._paths import INT32_MAX, WellAddress, check_experiment
+from ._text import MAX_LISTED, count, problem_lines
 
 __all__ = [
     "EMBEDDINGS_NAMES",
@@ -38,8 +39,6 @@ __all__ = [
 #: Accepted file names, current name first.
 METADATA_NAMES = ("metadata.csv", "rxrx2-metadata.csv")
 EMBEDDINGS_NAMES = ("embeddings.csv", "rxrx2-embeddings.csv")
-#: How many problems one error message lists before summarising the rest.
-MAX_LISTED = 20
 # Text values end up in JSON attributes and (experiment, well) in Zarr keys: refuse what could escape a path or
 # confuse a reader. Treatments such as "LPS_EK" or "IL-1-beta" are fine.
 _UNSAFE_TEXT = re.compile(r"[/\\\x00-\x1f\x7f]|^\.\.?$|\.\.")
@@ -107,10 +106,8 @@ class _Problems:
     def raise_if_any(self, source: str) -> None:
         if not self.total:
             return
-        listed = "\n  ".join(self.listed)
-        hidden = self.total - len(self.listed)
-        more = f"\n  ... and {hidden} more" if hidden else ""
-        raise MetadataError(f"{source}: {self.total} problem(s):\n  {listed}{more}")
+        lines = problem_lines(self.listed, total=self.total)
+        raise MetadataError(f"{source}: {count(self.total, 'problem')}:\n" + "\n".join(lines))
 
 
 def _data_lines(raw: bytes) -> npt.NDArray[np.int64]:

