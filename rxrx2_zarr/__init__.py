@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
     from ._convert import ConvertOptions, ConvertReport, convert
+    from ._dataset import Dataset, open
     from ._errors import (
         ChunkReadError,
         ImageError,
@@ -24,7 +25,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
     from ._info import InfoReport, info
     from ._layout import PROFILES, CodecProfile, SiteArraySpec
     from ._paths import ImageKey, SiteKey, WellAddress, parse_image_path, parse_site_id, parse_well_id
-    from ._reader import Dataset, open
     from ._render import to_rgb
     from ._schema import load_embeddings, load_metadata
     from ._synth import SynthReport, synth
@@ -75,7 +75,7 @@ _EXPORTS: dict[str, str] = {
     "CodecProfile": "._layout",
     "ConvertOptions": "._convert",
     "ConvertReport": "._convert",
-    "Dataset": "._reader",
+    "Dataset": "._dataset",
     "ImageError": "._errors",
     "ImageKey": "._paths",
     "InfoReport": "._info",
@@ -99,7 +99,7 @@ _EXPORTS: dict[str, str] = {
     "info": "._info",
     "load_embeddings": "._schema",
     "load_metadata": "._schema",
-    "open": "._reader",
+    "open": "._dataset",
     "parse_image_path": "._paths",
     "parse_site_id": "._paths",
     "parse_well_id": "._paths",

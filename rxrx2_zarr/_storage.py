@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import json
 import os
 import re
 import uuid
@@ -23,7 +25,7 @@ from typing import Any
 from . import _fs
 from ._errors import StoreFormatError, StoreWriteError
 
-__all__ = ["StoreIO", "check_key"]
+__all__ = ["StoreIO", "check_key", "store_io"]
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9._\-]+$")
 #: Write failures that retrying cannot fix: the device is full or the quota is exhausted.
@@ -269,3 +271,18 @@ class StoreIO:
         if self.local:
             return zarr.storage.LocalStore(self.root, read_only=read_only)
         return zarr.storage.FsspecStore(_fs.async_filesystem(self.fs), path=self.root, read_only=read_only)
+
+
+def store_io(url: str, storage_options: Mapping[str, Any] | None = None) -> StoreIO:
+    """The process's one :class:`StoreIO` for a store: every reader and site task of a process shares it (and
+    with it the filesystem's connection pool), rather than resolving the URL again per read."""
+    options = json.dumps(dict(storage_options or {}), sort_keys=True, default=str)
+    return _cached_store_io(str(url), options, os.getpid())
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_store_io(url: str, options_json: str, pid: int) -> StoreIO:
+    # the pid is part of the key: a forked child must not reuse its parent's filesystem (an s3fs session is bound
+    # to the parent's event loop and sockets)
+    del pid
+    return StoreIO(url, json.loads(options_json))

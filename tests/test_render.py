@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rxrx2_zarr._dataset import Dataset
+from rxrx2_zarr._dataset import open as open_store
 from rxrx2_zarr._errors import SiteNotFoundError
-from rxrx2_zarr._reader import Dataset
-from rxrx2_zarr._reader import open as open_store
 from rxrx2_zarr._render import montage, render_planes, show, to_rgb
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
