@@ -204,12 +204,13 @@ def read_array(io: StoreIO, array: ArrayDocument, rows: npt.NDArray[np.int64] | 
     if rows is not None and not len(rows):
         return np.empty((0, *array.shape[1:]), dtype=object if zarray.dtype.kind == "T" else zarray.dtype)
     try:
-        values = zarray[...] if rows is None else zarray.oindex[(np.asarray(rows, dtype=np.int64), Ellipsis)]
+        rest = (slice(None),) * (len(array.shape) - 1)
+        values = zarray[...] if rows is None else zarray.oindex[(np.asarray(rows, dtype=np.int64), *rest)]
     except _MissingChunk as exc:
         raise ChunkReadError(f"{where}: chunk {exc} is missing (the store is damaged; it would read as fill values)") from None
     except _OversizedChunk as exc:
         raise StoreFormatError(f"{where}: corrupt chunk: {exc}") from None
-    except (ValueError, RuntimeError, TypeError) as exc:
+    except (ValueError, RuntimeError) as exc:  # what zarr-python's codecs raise on a corrupt chunk
         what = "fails its crc32c checksum or does not decode" if array.checksummed else "does not decode"
         raise ChunkReadError(f"{where}: a chunk {what} (corrupt data): {exc}") from None
     except OSError as exc:

@@ -503,10 +503,16 @@ def test_no_pixels_store_reads_zeros_without_shards(
     assert not dataset.images[:3].compute().any()
     assert not dataset.site(dataset.site_ids[-1]).any()
     assert counting.calls["open"] == 0
+    # a small selection's embeddings: only the chunks holding its rows (this store has two chunks of 8192 rows)
+    few = dataset.select(site_id=dataset.site_ids[-50:])
+    assert 0 < len(few) < len(dataset) // 4 and few.positions[0] >= 8192
+    part = few.embeddings
+    assert counting.calls["open"] == 1
     # embeddings are read on first use (a store this size has more than one embeddings chunk)
     matrix = dataset.embeddings
     assert matrix is not None and matrix.shape == (len(dataset), 4) and not np.isnan(matrix).any()
-    assert counting.calls["open"] >= 2
+    assert counting.calls["open"] == 3
+    np.testing.assert_array_equal(part, matrix[few.positions])
 
 
 # --- Dataset.images is one Blockwise layer: O(1) to build, culled when sliced -------------------------------------
@@ -712,7 +718,17 @@ def test_distributed_reduction(ds: Dataset) -> None:
         distributed.Client(cluster) as client,
     ):
         mean = client.compute(ds.images.mean(axis=(0, 2, 3))).result()
+        crops = client.compute(ds.crops(region=(10, 50, 20, 60), channels=[4])).result()
+        # a read inside a distributed task uses the task's thread: no read pool in the worker process
+        pool = client.submit(_read_and_list_pool_threads, ds, ds.site_ids[:6]).result()
     np.testing.assert_allclose(mean, ds.images.compute().mean(axis=(0, 2, 3)))
+    np.testing.assert_array_equal(crops, ds.read(ds.site_ids, channels=[4], region=(10, 50, 20, 60)))
+    assert pool == []
+
+
+def _read_and_list_pool_threads(dataset: Dataset, site_ids: list[str]) -> list[str]:
+    dataset.read(site_ids)
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("rxrx2-read"))
 
 
 def test_to_xarray(ds: Dataset, source_tree: Path) -> None:
