@@ -22,7 +22,7 @@ from ._index import metadata_row
 from ._layout import SiteArraySpec
 from ._paths import CHANNELS
 from ._select import positions_of, select_positions
-from ._site_reader import check_threads, resolve_threads, run_tasks
+from ._site_reader import check_threads, crop_shape, resolve_threads, run_tasks
 from ._store import OpenStore, opened
 
 if TYPE_CHECKING:
@@ -222,9 +222,7 @@ class Dataset:
         chans, box = self._channel_indices(channels), self._region(region)
         count = self._thread_count(threads)
         positions = self._positions_of(ids)
-        spec = self.spec
-        y0, y1, x0, x1 = box if box is not None else (0, spec.height, 0, spec.width)
-        out = np.empty((len(ids), len(chans) if chans is not None else spec.channels, y1 - y0, x1 - x0), dtype=np.uint8)
+        out = np.empty((len(ids), *crop_shape(self.spec, chans, box)), dtype=np.uint8)
         reader, store = self._store.reader, self._store
         if len(ids) == 1:  # one site: its chunks are split over the threads
             reader.read(store.ref(int(positions[0])), chans, box, out[0], threads=count)
@@ -263,9 +261,7 @@ class Dataset:
     def _block(self, k: int, channels: tuple[int, ...] | None, region: Region | None) -> Pixels:
         """The k-th selected site as a (1, c, h, w) block, read in the calling thread (a dask task's)."""
         position = k if self._positions is None else int(self._positions[k])
-        spec = self.spec
-        y0, y1, x0, x1 = region if region is not None else (0, spec.height, 0, spec.width)
-        out = np.empty((1, len(channels) if channels is not None else spec.channels, y1 - y0, x1 - x0), dtype=np.uint8)
+        out = np.empty((1, *crop_shape(self.spec, channels, region)), dtype=np.uint8)
         self._store.reader.read(self._store.ref(position), channels, region, out[0], threads=1)
         return out
 

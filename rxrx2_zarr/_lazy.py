@@ -18,6 +18,7 @@ import numpy.typing as npt
 from ._channels import CHANNEL_SPECS
 from ._columns import METADATA_COLUMNS
 from ._index import STRING_COLUMNS
+from ._site_reader import box_of, crop_shape
 
 if TYPE_CHECKING:
     import dask.array
@@ -81,8 +82,7 @@ def crops_array(dataset: Dataset, channels: tuple[int, ...] | None, region: Regi
     from dask.base import tokenize
 
     spec, store = dataset.spec, dataset._store
-    y0, y1, x0, x1 = region if region is not None else (0, spec.height, 0, spec.width)
-    shape = (len(channels) if channels is not None else spec.channels, y1 - y0, x1 - x0)
+    shape = crop_shape(spec, channels, region)
     n = len(dataset)
     if not n:
         empty: dask.array.Array = da.zeros((0, *shape), dtype=np.uint8, chunks=(1, *shape))
@@ -125,7 +125,7 @@ def xarray_view(dataset: Dataset, channels: tuple[int, ...] | None, region: Regi
     except ImportError:
         raise ImportError("Dataset.to_xarray() needs xarray: pip install 'rxrx2-zarr[xarray]'") from None
     spec = dataset.spec
-    y0, y1, x0, x1 = region if region is not None else (0, spec.height, 0, spec.width)
+    y0, y1, x0, x1 = box_of(spec, region)
     chosen = [CHANNEL_SPECS[c] for c in (channels if channels is not None else range(spec.channels))]
     frame = dataset.sites
     coords: dict[str, Any] = {

@@ -33,7 +33,17 @@ from ._layout import SHARD_KEY, THUMBNAIL_LEVEL, SiteArraySpec
 from ._shard import ShardCodec, ShardDataError, ShardIndexError, decode_thumbnail
 from ._storage import StoreIO, store_io
 
-__all__ = ["MAX_THREADS", "SiteReader", "SiteRef", "check_threads", "codec_for", "resolve_threads", "run_tasks"]
+__all__ = [
+    "MAX_THREADS",
+    "SiteReader",
+    "SiteRef",
+    "box_of",
+    "check_threads",
+    "codec_for",
+    "crop_shape",
+    "resolve_threads",
+    "run_tasks",
+]
 
 Pixels = npt.NDArray[np.uint8]
 Region = tuple[int, int, int, int]
@@ -134,6 +144,18 @@ def run_tasks(tasks: Sequence[Callable[[], object]], threads: int) -> None:
 # --- one site ------------------------------------------------------------------------------------------------------
 
 
+def box_of(spec: SiteArraySpec, region: Region | None) -> Region:
+    """``region`` (checked), or the whole site's box when None."""
+    return region if region is not None else (0, spec.height, 0, spec.width)
+
+
+def crop_shape(spec: SiteArraySpec, channels: Sequence[int] | None, region: Region | None) -> tuple[int, int, int]:
+    """(c, h, w) of a read of ``channels`` (0-based; None: all) and ``region`` (None: the whole site)."""
+    y0, y1, x0, x1 = box_of(spec, region)
+    return (len(channels) if channels is not None else spec.channels, y1 - y0, x1 - x0)
+
+
+
 class SiteRef:
     """What a read needs to know about one site, built when the site is read (an object rather than a tuple of
     strings, which dask could mistake for keys; slotted rather than a frozen dataclass, which is slower to build).
@@ -182,11 +204,8 @@ class SiteReader:
     ) -> Pixels:
         """One site as (c, h, w): ``channels`` 0-based, ``region`` checked by the caller. ``threads > 1`` splits the
         site's chunks over the shared pool (never from inside a pool task: see :func:`run_tasks`)."""
-        spec = self.spec
-        y0, y1, x0, x1 = region if region is not None else (0, spec.height, 0, spec.width)
-        shape = (len(channels) if channels is not None else spec.channels, y1 - y0, x1 - x0)
         if out is None:
-            out = np.empty(shape, dtype=np.uint8)
+            out = np.empty(crop_shape(self.spec, channels, region), dtype=np.uint8)
         if not self.pixels:
             out[...] = 0  # a --no-pixels store: the layout without image data
             return out
