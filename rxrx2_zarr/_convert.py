@@ -781,6 +781,8 @@ def _write_embeddings(zstore: Any, matrix: npt.NDArray[np.float32], features: Se
         dimension_names=("site", "feature"),
         attributes={"rxrx2": {"features": list(features), "missing_rows": missing}},
         overwrite=True,
+        # every chunk written, all-NaN ones too: readers treat a missing chunk as damage, not as missing embeddings
+        config={"write_empty_chunks": True},
     )
     if matrix.size:
         emb[:] = matrix

@@ -1037,6 +1037,18 @@ def test_no_embeddings(store: Path, copy_tree: Callable[[Path], Path]) -> None:
     assert open_store(str(copy)).embeddings is None
 
 
+def test_sites_without_embeddings_read_as_nan(tmp_path: Path) -> None:
+    """A source whose embeddings.csv has none of the converted sites: a chunk of NaN rows is still a chunk (the
+    reader refuses a missing one), so the embeddings read as NaN."""
+    src, dst = tmp_path / "src", tmp_path / "store.zarr"
+    synth(str(src), experiments=1, plates=1, wells=1, sites=2, size=32, embedding_dim=4, seed=1)
+    header = (src / "embeddings.csv").read_text().splitlines()[0]
+    (src / "embeddings.csv").write_text(header + "\n")
+    convert(str(src), str(dst), ConvertOptions(inner_chunks=(16, 16), progress=False))
+    matrix = open_store(str(dst)).embeddings
+    assert matrix is not None and matrix.shape == (2, 4) and np.isnan(matrix).all()
+
+
 _ALL_DAMAGE: list[tuple[str, Callable[[Path], None]]] = [
     *((f"malformed: {n}", d) for n, d, _ in MALFORMED),
     *((f"damaged: {n}", d) for n, d, _ in DAMAGED),
