@@ -191,9 +191,6 @@ class SiteReader:
     array_document: str
     pixels: bool
 
-    def __hash__(self) -> int:
-        return hash((self.url, json.dumps(dict(self.storage_options), sort_keys=True, default=str), self.array_document))
-
     def read(
         self,
         ref: SiteRef,

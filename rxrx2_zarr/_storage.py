@@ -150,9 +150,6 @@ class StoreIO:
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))
 
-    def root_exists(self) -> bool:
-        return bool(self.fs.exists(self.root))
-
     def is_empty_or_missing(self) -> bool:
         if not self.fs.exists(self.root):
             return True
@@ -257,10 +254,6 @@ class StoreIO:
         path = self.path(key)
         if self.fs.exists(path):
             self.fs.rm_file(path)
-
-    def remove_root(self) -> None:
-        if self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)
 
     # --- zarr -----------------------------------------------------------------------------------------------------
 
