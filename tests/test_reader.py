@@ -30,14 +30,22 @@ from dask.blockwise import Blockwise
 from fsspec.implementations.local import LocalFileSystem
 
 import rxrx2_zarr
-from rxrx2_zarr._convert import ConvertOptions, convert
-from rxrx2_zarr._dataset import Dataset
-from rxrx2_zarr._dataset import open as open_store
-from rxrx2_zarr._errors import ChunkReadError, SiteNotFoundError, StoreFormatError
-from rxrx2_zarr._layout import PROFILES, site_paths
-from rxrx2_zarr._paths import parse_site_id
-from rxrx2_zarr._schema import METADATA_COLUMNS, load_embeddings, load_metadata
-from rxrx2_zarr._synth import synth
+from rxrx2_zarr import (
+    PROFILES,
+    ChunkReadError,
+    ConvertOptions,
+    Dataset,
+    SiteNotFoundError,
+    StoreFormatError,
+    convert,
+    load_embeddings,
+    load_metadata,
+    parse_site_id,
+    synth,
+)
+from rxrx2_zarr import open as open_store
+from rxrx2_zarr._layout import site_paths
+from rxrx2_zarr._schema import METADATA_COLUMNS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
