@@ -16,8 +16,8 @@ import imagecodecs
 import numpy as np
 import numpy.typing as npt
 
+from rxrx2_zarr._dataset import open as open_store
 from rxrx2_zarr._paths import parse_site_id
-from rxrx2_zarr._reader import open as open_store
 from rxrx2_zarr.testing import PngSiteReader
 
 __all__ = ["PngSiteReader", "StoreSiteReader", "decode_png_bytes", "open_store", "png_channel", "same"]
@@ -43,14 +43,14 @@ def png_channel(reader: PngSiteReader, site_id: str, channel: int) -> Pixels:
 
 
 class StoreSiteReader:
-    """Reads sites of an rxrx2-zarr store with one thread per call (``Dataset.read(..., parallel=False)``)."""
+    """Reads sites of an rxrx2-zarr store with one thread per call (``Dataset.read(..., threads=1)``)."""
 
     def __init__(self, url: str) -> None:
         self.dataset = open_store(url)
-        self.path = "one thread (Dataset.read(parallel=False))"
+        self.path = "one thread (Dataset.read(threads=1))"
 
     def read(self, site_id: str, channels: list[int] | None, region: Region | None) -> Pixels:
-        block: Pixels = self.dataset.read([site_id], channels=channels, region=region, parallel=False)[0]
+        block: Pixels = self.dataset.read([site_id], channels=channels, region=region, threads=1)[0]
         return block
 
     def site(self, site_id: str) -> Pixels:

@@ -29,7 +29,7 @@ _COLD_SCRIPT = """
 import json, sys, time
 t0 = time.perf_counter()
 import dask.array
-from rxrx2_zarr._reader import open as open_store
+from rxrx2_zarr._dataset import open as open_store
 t1 = time.perf_counter()
 ds = open_store(sys.argv[1])
 t2 = time.perf_counter()

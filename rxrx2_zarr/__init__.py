@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._lazy import lazy_exports
+from ._exports import lazy_exports
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
     from ._convert import ConvertOptions, ConvertReport, convert
+    from ._dataset import Dataset, open
     from ._errors import (
         ChunkReadError,
         ImageError,
@@ -26,7 +27,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
     from ._info import InfoReport, info
     from ._layout import PROFILES, CodecProfile, SiteArraySpec
     from ._paths import ImageKey, SiteKey, WellAddress, parse_image_path, parse_site_id, parse_well_id
-    from ._reader import Dataset, open
     from ._render import render_rgb
     from ._schema import load_embeddings, load_metadata
     from ._verify import VerifyReport, verify
@@ -78,7 +78,7 @@ _EXPORTS: dict[str, str] = {
     "CodecProfile": "._layout",
     "ConvertOptions": "._convert",
     "ConvertReport": "._convert",
-    "Dataset": "._reader",
+    "Dataset": "._dataset",
     "ImageError": "._errors",
     "ImageKey": "._paths",
     "InfoReport": "._info",
@@ -103,7 +103,7 @@ _EXPORTS: dict[str, str] = {
     "info": "._info",
     "load_embeddings": "._schema",
     "load_metadata": "._schema",
-    "open": "._reader",
+    "open": "._dataset",
     "parse_image_path": "._paths",
     "parse_site_id": "._paths",
     "parse_well_id": "._paths",

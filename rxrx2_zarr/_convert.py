@@ -66,7 +66,7 @@ from ._png import decode_png
 from ._progress import Progress
 from ._shard import ShardCodec, encode_thumbnail, thumbnail
 from ._source import Source, SourceIO
-from ._storage import StoreIO, naming_full_disk
+from ._storage import StoreIO, naming_full_disk, store_io
 from ._text import count, problem_lines
 
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
@@ -188,15 +188,6 @@ class SiteResult:
     """Warnings about the site's source files (trailing bytes after a PNG's IEND)."""
 
 
-@functools.lru_cache(maxsize=8)
-def _store(url: str, options_json: str) -> StoreIO:
-    return StoreIO(url, json.loads(options_json))
-
-
-def _store_for(url: str, options: Mapping[str, Any]) -> StoreIO:
-    return _store(url, json.dumps(dict(options), sort_keys=True, default=str))
-
-
 def read_site_pixels(
     src: StoreIO | SourceIO, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None
 ) -> tuple[Pixels, int]:
@@ -240,7 +231,7 @@ def write_site(dst: StoreIO, spec: SiteArraySpec, item: SiteItem, pixels: Pixels
 
 def convert_site(job: SiteJob, item: SiteItem) -> SiteResult:
     """Convert one site: read its pixels from the source, write it (:func:`write_site`)."""
-    dst = _store_for(job.dst_url, job.dst_options)
+    dst = store_io(job.dst_url, job.dst_options)
     notes: list[str] = []
     try:
         pixels, source_bytes = job.source.read(item, (job.spec.height, job.spec.width), notes)
@@ -804,6 +795,8 @@ def _write_embeddings(zstore: Any, matrix: npt.NDArray[np.float32], features: Se
         dimension_names=("site", "feature"),
         attributes={"rxrx2": {"features": list(features), "missing_rows": missing}},
         overwrite=True,
+        # every chunk written, all-NaN ones too: readers treat a missing chunk as damage, not as missing embeddings
+        config={"write_empty_chunks": True},
     )
     if matrix.size:
         emb[:] = matrix

@@ -8,9 +8,9 @@ from typing import Any
 
 import pandas as pd
 
+from ._dataset import open as open_store
 from ._json import report_json
 from ._layout import LEVEL, SHARD_KEY, THUMBNAIL_LEVEL
-from ._reader import open as open_store
 from ._storage import StoreIO
 from ._text import count, problem_lines
 from ._verify import _root_attrs

@@ -26,7 +26,7 @@ from ._paths import CHANNELS
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ._reader import Dataset
+    from ._dataset import Dataset
 
 __all__ = ["montage", "render_planes", "render_rgb", "show"]
 
@@ -168,7 +168,7 @@ def show(
 
     With both, the site_ids must belong to the selection. At most ``max_sites`` tiles are drawn.
     """
-    from ._reader import open as open_store
+    from ._dataset import open as open_store
 
     if max_sites < 1:
         raise ValueError(f"max_sites must be at least 1, got {max_sites}")

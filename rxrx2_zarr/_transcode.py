@@ -10,7 +10,6 @@ result pixel by pixel against the source store.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,12 +19,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ._convert import ConvertOptions, ConvertReport, _check_separate, _options, run_conversion
+from ._dataset import Dataset, open_any_layout
 from ._errors import ChunkReadError, ImageError
 from ._fs import portable_url
 from ._layout import site_paths
 from ._paths import parse_site_id
 from ._plan import ConversionPlan, SiteItem
-from ._reader import Dataset, open_any_layout
 from ._storage import StoreIO
 
 __all__ = ["StoreSource", "plan_from_store", "transcode"]
@@ -42,31 +41,20 @@ class StoreSource:
     unit = "decoded pixels (source store)"
 
     def dataset(self) -> Dataset:
-        return _dataset(self.url, json.dumps(dict(self.options), sort_keys=True, default=str))
+        # one open source store per process (site tasks run in threads or worker processes)
+        return open_any_layout(self.url, self.options, cached=True)
 
     def read(self, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None) -> tuple[Pixels, int]:
         del notes  # a store holds no PNG quirks to warn about
         dataset = self.dataset()
         try:
-            pixels = dataset.read(item.site_id, parallel=False)[0]
+            pixels = dataset.site(item.site_id, threads=1)
         except ChunkReadError as exc:
             # a damaged site of the source store is that site's problem (skipped with --on-error skip)
             raise ImageError(f"source store: {exc}") from None
         if pixels.shape[1:] != size:
             raise ImageError(f"source store: site {item.site_id} is {pixels.shape[1:]}, expected {size}")
         return pixels, int(pixels.nbytes)
-
-
-_DATASETS: dict[tuple[str, str], Dataset] = {}
-
-
-def _dataset(url: str, options_json: str) -> Dataset:
-    """One open source store per process (site tasks run in threads or worker processes)."""
-    key = (url, options_json)
-    dataset = _DATASETS.get(key)
-    if dataset is None:
-        dataset = _DATASETS[key] = open_any_layout(url, json.loads(options_json))
-    return dataset
 
 
 def plan_from_store(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[ConversionPlan, Dataset]:

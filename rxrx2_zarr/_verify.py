@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ._convert import PixelSource, PngSource
+from ._dataset import open as open_store
 from ._errors import ImageError, StoreFormatError
 from ._fs import split_zip_url
 from ._hierarchy import SiteChecksums
@@ -41,7 +42,6 @@ from ._layout import (
 )
 from ._plan import ConversionPlan, make_plan
 from ._progress import Progress
-from ._reader import open as open_store
 from ._shard import thumbnail
 from ._storage import StoreIO
 from ._text import count, problem_lines

@@ -135,7 +135,7 @@ def _png_pixels(tree: Path, plan: ConversionPlan) -> dict[str, np.ndarray[Any, n
 
 def _check_reader(url: str, options: dict[str, Any] | None, tree: Path, plan: ConversionPlan) -> None:
     """Open the store with the reader and compare every pixel of every site with the PNGs."""
-    from rxrx2_zarr._reader import open as open_store
+    from rxrx2_zarr._dataset import open as open_store
 
     ds = open_store(url, storage_options=options)
     expected = _png_pixels(tree, plan)
@@ -384,7 +384,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
 def test_reader_computes_on_a_distributed_client(s3: MotoS3, s3_store: str, cluster: DaskCluster) -> None:
     """``open(s3 store).images`` reductions give the same answer on a cluster (workers reading the bucket) as on
     local threads."""
-    from rxrx2_zarr._reader import open as open_store
+    from rxrx2_zarr._dataset import open as open_store
 
     ds = open_store(s3_store, storage_options=s3.storage_options)
     local_mean = np.asarray(ds.images.mean(axis=(0, 2, 3)).compute(scheduler="threads"))

@@ -40,7 +40,7 @@ def demo(
     if not checked.ok:
         raise SystemExit(1)
     echo("[4/4] reading sites: store vs PNG (same sites, one thread, median of 3 rounds)")
-    from .._reader import open as open_store
+    from .._dataset import open as open_store
 
     dataset = open_store(dst)
     site_ids = list(dataset.sites.index[: min(12, len(dataset))])
@@ -49,9 +49,9 @@ def demo(
     rows = [
         ("full site, Pillow PNG (6 files)", time_calls(png["pillow"].site, site_ids, 3)),
         ("full site, imagecodecs PNG (6 files)", time_calls(png["imagecodecs"].site, site_ids, 3)),
-        ("full site, Zarr store", time_calls(lambda s: dataset.site(s, parallel=False), site_ids, 3)),
+        ("full site, Zarr store", time_calls(lambda s: dataset.site(s, threads=1), site_ids, 3)),
         (f"{crop[1]}x{crop[3]} crop, imagecodecs PNG", time_calls(lambda s: png["imagecodecs"].crop(s, crop), site_ids, 3)),
-        (f"{crop[1]}x{crop[3]} crop, Zarr store", time_calls(lambda s: dataset.read([s], region=crop, parallel=False), site_ids, 3)),
+        (f"{crop[1]}x{crop[3]} crop, Zarr store", time_calls(lambda s: dataset.read([s], region=crop, threads=1), site_ids, 3)),
     ]
     store_full = rows[2][1].median_ms
     for label, timing in rows:
