@@ -268,7 +268,42 @@ def _shard(n: int, seed: int, epoch: int, shuffle: bool, rank: int, world_size: 
     return order[rank::world_size].astype(np.int64)
 
 
-class ShardedSampler(Sampler[int]):
+class _Sharded:
+    """What the sampler and the iterable share: rank, world size, shuffling, seed, and the epoch of the next pass
+    (one permutation per epoch, the same on every rank; see :func:`_shard`)."""
+
+    rank: int
+    world_size: int
+    shuffle: bool
+    seed: int
+    _epochs: _Epochs
+
+    def _init_shards(self, rank: int | None, world_size: int | None, shuffle: bool, seed: int) -> None:
+        self.rank, self.world_size = _rank(rank, world_size)
+        self.shuffle = bool(shuffle)
+        self.seed = _non_negative(seed, "seed")
+        self._epochs = _Epochs()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next pass."""
+        return self._epochs.current
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the next pass (then one more per pass)."""
+        self._epochs.set(epoch)
+
+    def _count(self, n: int) -> int:
+        """This rank's share of ``n`` samples."""
+        return len(range(self.rank, n, self.world_size))
+
+    def _next_pass(self, n: int) -> tuple[int, list[int]]:
+        """The next epoch and this rank's indices in it."""
+        epoch = self._epochs.next()
+        return epoch, _shard(n, self.seed, epoch, self.shuffle, self.rank, self.world_size).tolist()
+
+
+class ShardedSampler(_Sharded, Sampler[int]):
     """This rank's share of a dataset's indices, reshuffled every epoch from ``seed``, as :class:`Key` objects that
     carry the epoch (give it to ``DataLoader(sampler=...)``).
 
@@ -290,29 +325,18 @@ class ShardedSampler(Sampler[int]):
     ) -> None:
         super().__init__()
         self.size = _non_negative(data_source if isinstance(data_source, int) else len(data_source), "dataset length")
-        self.rank, self.world_size = _rank(rank, world_size)
-        self.shuffle = bool(shuffle)
-        self.seed = _non_negative(seed, "seed")
-        self._epochs = _Epochs()
-
-    @property
-    def epoch(self) -> int:
-        """The epoch of the next pass."""
-        return self._epochs.current
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epochs.set(epoch)
+        self._init_shards(rank, world_size, shuffle, seed)
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world_size))
+        return self._count(self.size)
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self._epochs.next()
-        for i in _shard(self.size, self.seed, epoch, self.shuffle, self.rank, self.world_size).tolist():
+        epoch, mine = self._next_pass(self.size)
+        for i in mine:
             yield Key(i, epoch)
 
 
-class IterableSiteDataset(IterableDataset[Any]):
+class IterableSiteDataset(_Sharded, IterableDataset[Any]):
     """The iterable form of a :class:`SiteDataset`: this rank's share of its samples, split again between the
     DataLoader's workers, reshuffled every epoch from ``seed``; read ``read_size`` samples at a time (one
     ``__getitems__`` call). Over all ranks and workers each sample comes exactly once per epoch. Each pass is the
@@ -334,28 +358,17 @@ class IterableSiteDataset(IterableDataset[Any]):
         if _non_negative(read_size, "read_size") < 1:
             raise ValueError(f"read_size must be >= 1, got {read_size}")
         self.dataset = dataset
-        self.rank, self.world_size = _rank(rank, world_size)
-        self.shuffle = bool(shuffle)
-        self.seed = _non_negative(seed, "seed")
         self.read_size = int(read_size)
-        self._epochs = _Epochs()
-
-    @property
-    def epoch(self) -> int:
-        return self._epochs.current
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epochs.set(epoch)
+        self._init_shards(rank, world_size, shuffle, seed)
 
     def __len__(self) -> int:
         """Samples of this rank per epoch (all its workers together)."""
-        return len(range(self.rank, len(self.dataset), self.world_size))
+        return self._count(len(self.dataset))
 
     def __iter__(self) -> Iterator[Any]:
-        epoch = self._epochs.next()
-        mine = _shard(len(self.dataset), self.seed, epoch, self.shuffle, self.rank, self.world_size)
+        epoch, mine = self._next_pass(len(self.dataset))
         worker = get_worker_info()
         if worker is not None:
             mine = mine[worker.id :: worker.num_workers]
         for start in range(0, len(mine), self.read_size):
-            yield from self.dataset.__getitems__([Key(i, epoch) for i in mine[start : start + self.read_size].tolist()])
+            yield from self.dataset.__getitems__([Key(i, epoch) for i in mine[start : start + self.read_size]])
