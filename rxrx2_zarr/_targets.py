@@ -96,7 +96,7 @@ def parse_targets(target: str | Target | Sequence[str | Target] | None) -> tuple
 
 class _StoreValues:
     """The sorted distinct values of a column over the whole store a selection was taken from (the store is
-    opened again, once, as the selection's own frame holds only the selection)."""
+    opened again, once, unless the selection is the whole store)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -106,7 +106,10 @@ class _StoreValues:
         if self.frame is None:
             from ._reader import open as open_store
 
-            self.frame = open_store(self.dataset.url, self.dataset.storage_options).sites
+            counts = self.dataset.attrs.get("counts")
+            whole = isinstance(counts, Mapping) and counts.get("sites") == len(self.dataset)
+            store = self.dataset if whole else open_store(self.dataset.url, self.dataset.storage_options)
+            self.frame = store.sites
         return tuple(sorted({str(v) for v in self.frame[column]}))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
 import pickle
 import re
 import subprocess
@@ -57,6 +58,16 @@ def pool_threads(image: Any) -> tuple[Any, int]:
 
 def as_float(image: Any) -> Any:
     return image.float() / 255.0
+
+
+def distributed_shard(rank: int, world_size: int, init_file: str, n: int, queue: Any) -> None:
+    """One rank of a real torch.distributed group (gloo): its sampler takes rank and world size from the group."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        sampler = ShardedSampler(n, seed=3)
+        queue.put((rank, sampler.rank, sampler.world_size, [int(k) for k in sampler]))
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +275,21 @@ def test_sampler_shards_neither_drop_nor_repeat(n: int, world: int) -> None:
             assert len(shards[-1]) == len(sampler)
         assert sorted(i for s in shards for i in s) == list(range(n))
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_sampler_takes_rank_and_world_size_from_torch_distributed(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    ranks = [context.Process(target=distributed_shard, args=(r, 2, str(tmp_path / "init"), 11, queue)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    got = sorted(queue.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert [(r, rank, world) for r, rank, world, _ in got] == [(0, 0, 2), (1, 1, 2)]
+    assert sorted(got[0][3] + got[1][3]) == list(range(11)) and len(got[0][3]) == 6
+    assert ShardedSampler(11).world_size == 1  # no group here: one rank
 
 
 def test_two_ranks_two_workers_see_every_sample_once_per_epoch(ds: Dataset, source_tree: Path) -> None:
