@@ -184,6 +184,8 @@ class SiteDataset(TorchDataset[Any]):
 
     def _locate(self, index: int) -> tuple[int, Region | None]:
         """(site position in the selection, region or None for the whole site) of sample ``index``."""
+        if not isinstance(index, int | np.integer) or isinstance(index, bool):
+            raise TypeError(f"sample indices are integers, got {type(index).__name__}")
         n = len(self)
         i = int(index)
         if i < 0:
@@ -213,7 +215,9 @@ class SiteDataset(TorchDataset[Any]):
         groups: dict[Region | None, list[int]] = {}
         for k, (_, region) in enumerate(located):
             groups.setdefault(region, []).append(k)
-        threads = self.threads if self.threads is not None or get_worker_info() is None else 1
+        threads = self.threads
+        if threads is None and get_worker_info() is not None:
+            threads = 1  # in a DataLoader worker: the workers are the parallelism
         images: list[torch.Tensor] = [torch.empty(0)] * len(located)
         for region, members in groups.items():
             ids = [self.site_ids[located[k][0]] for k in members]
