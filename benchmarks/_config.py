@@ -20,6 +20,7 @@ WORKLOADS: tuple[str, ...] = (
     "worker_scaling",
     "peers",
     "startup",
+    "loader",
 )
 
 #: RxRx2's size: 2 experiments x 12 plates x 1,380 wells, 131,953 sites (synth's full layout gives exactly this).

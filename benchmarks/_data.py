@@ -45,6 +45,7 @@ SYNTH_MODULES = (
 READ_ONLY_MODULES = frozenset(
     {"__init__.py", "_exports.py", "_dataset.py", "_store.py", "_index.py", "_arrays.py", "_site_reader.py",
      "_select.py", "_views.py", "_render.py", "_verify.py", "_info.py", "cli.py"}
+    | {"torch.py", "_crops.py", "_targets.py"}
 )
 #: Everything that can change a written store (new modules are included automatically).
 WRITER_MODULES = tuple(sorted(p.name for p in PACKAGE_DIR.glob("*.py") if p.name not in READ_ONLY_MODULES))

@@ -102,12 +102,36 @@ def _open(results: dict[str, Any]) -> tuple[float | None, str]:
     )
 
 
+def _loader_crops(mode: str) -> Callable[[dict[str, Any]], tuple[float | None, str]]:
+    def extract(results: dict[str, Any]) -> tuple[float | None, str]:
+        row = get(results, "loader", "modes", mode, "workers", "2")
+        value = get(row, "speedup", "vs_pillow")
+        crop = get(results, "loader", "crop")
+        store, png = get(row, "store", "samples_per_second"), get(row, "pillow", "samples_per_second")
+        return value, f"{_num(value)}x ({crop}x{crop}: store {_num(store)} vs Pillow {_num(png)} samples/s, 2 workers)"
+
+    return extract
+
+
+def _loader_full(results: dict[str, Any]) -> tuple[float | None, str]:
+    """The loader's full-site ratio over the same store's direct-read ratio (one thread both): >= 1 loses nothing."""
+    loaded = get(results, "loader", "modes", "full", "workers", "0", "speedup", "vs_pillow")
+    direct = get(results, "loader", "modes", "full", "direct_1_thread", "speedup", "vs_pillow")
+    full = get(results, "read_full", "latency_1_thread", "speedup_p50", "vs_pillow")
+    value = None if loaded is None or not direct else loaded / direct
+    seen = f"; read_full on the default store: {_num(full)}x" if full is not None else ""
+    return value, f"{_num(value, 3)} (loader {_num(loaded)}x vs direct reads {_num(direct)}x the Pillow side, 0 workers / 1 thread{seen})"
+
+
 TARGETS: tuple[Target, ...] = (
     Target("Random full-site reads vs Pillow PNG (1 thread)", ">= 10x", _speedup("read_full", "latency_1_thread", "pillow", "Pillow"), lambda v: v >= 10),
     Target("Random full-site reads vs imagecodecs PNG (1 thread)", ">= 8x", _speedup("read_full", "latency_1_thread", "imagecodecs", "imagecodecs"), lambda v: v >= 8),
     Target("Random 256x256 crops vs decoding the PNGs (imagecodecs, 1 thread)", ">= 50x", _speedup("read_crop", "crop_all_channels_1_thread", "imagecodecs", "imagecodecs"), lambda v: v >= 50),
     Target("Store bytes vs PNG bytes, default profile", "<= 1.0x", _storage, lambda v: v <= 1.0),
     Target("Conversion vs the decode-only bound", ">= 80%", _convert, lambda v: v >= 0.8),
+    Target("Loader: random crops vs the Pillow PNG loader", ">= 50x", _loader_crops("random"), lambda v: v >= 50),
+    Target("Loader: crops aligned to the inner chunks vs the Pillow PNG loader", ">= 50x", _loader_crops("aligned"), lambda v: v >= 50),
+    Target("Loader: full sites vs Pillow, over the direct-read ratio", ">= 1.0", _loader_full, lambda v: v >= 1.0),
     Target("Open at full scale (131,953 sites)", "< 1 s", _open, lambda v: v < 1.0),
 )  # fmt: skip
 
@@ -484,6 +508,31 @@ def _section_startup(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _section_loader(r: dict[str, Any]) -> list[str]:
+    lo = r["loader"]
+    tv = lo["torchvision"]
+    sides = [s for s in ("store", "pillow", "torchvision") if s in lo["modes"]["full"]["workers"]["0"]]
+    rows = []
+    for mode, m in lo["modes"].items():
+        blocks = [*m["workers"].items(), *([("direct", m["direct_1_thread"])] if "direct_1_thread" in m else [])]
+        for workers, row in blocks:
+            rss = " / ".join(",".join(_num(v, 0) for v in row[s].get("peak_rss_mb_per_worker", [])) or "-" for s in sides)
+            rows.append([mode, workers, *(row[s]["samples_per_second"] for s in sides),
+                         *(f"{_num(row['speedup'].get(f'vs_{s}'))}x" for s in sides[1:]), rss])  # fmt: skip
+    header = ["crop", "workers", *(f"{s} samples/s" for s in sides), *(f"store vs {s}" for s in sides[1:])]
+    header.append(f"peak RSS MB per worker ({' / '.join(sides)})")
+    return [
+        f"{lo['samples_per_pass']} samples per pass in batches of {lo['batch_size']}, {lo['sites']} sites; store: profile "
+        f"`{lo['profile']}`, inner chunks {lo['inner_chunks']}; crops {lo['crop']} x {lo['crop']}; workers start by "
+        f"{lo['start_method']}; torch {lo['torch']}; torchvision.io.decode_png: "
+        + ("measured." if tv["available"] else f"unavailable ({tv['reason']})."),
+        "",
+        *_table(header, rows),
+        lo["notes"],
+        "",
+    ]
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "convert": ("1. Conversion", _section_convert),
     "read_full": ("2. Random full-site reads", _section_read_full),
@@ -496,6 +545,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "worker_scaling": ("9. Scaling with workers", _section_workers),
     "peers": ("10. Peers on the same data", _section_peers),
     "startup": ("11. Startup: from import to a lazy array and the first pixels", _section_startup),
+    "loader": ("12. Training loader: torch DataLoader over the store vs over the PNGs", _section_loader),
 }
 
 

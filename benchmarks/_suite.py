@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import _convert_bench, _peers, _reads, _scaling, _storage_bench
+from . import _convert_bench, _loader, _peers, _reads, _scaling, _storage_bench
 from ._config import WORKLOADS, Config
 from ._context import Context
 from ._data import metadata_store, pixel_data, tree_stats
@@ -37,6 +37,7 @@ RUNNERS: tuple[tuple[str, Callable[[Context], dict[str, Any]]], ...] = (
     ("worker_scaling", _scaling.run_workers),
     ("peers", _peers.run),
     ("startup", _scaling.run_startup),
+    ("loader", _loader.run),
 )
 assert sorted(k for k, _ in RUNNERS) == sorted(WORKLOADS)
 
