@@ -10,6 +10,7 @@ first connection.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,10 @@ import pytest
 from _services import PYTHON, MotoS3, Request, moto_s3, service_env
 
 from rxrx2_zarr._convert import ConvertOptions, convert
+from rxrx2_zarr._errors import StoreFormatError
 from rxrx2_zarr._layout import EMBEDDINGS_ARRAY, INDEX_PARQUET, SHARD_KEY, THUMBNAIL_LEVEL
+from rxrx2_zarr._paths import GRID_COLUMNS, GRID_ROWS
+from rxrx2_zarr._reader import _SITE_ID_RE, _check_paths
 from rxrx2_zarr._reader import open as open_store
 from rxrx2_zarr._synth import synth
 
@@ -120,3 +124,39 @@ def test_first_open_and_each_site_cost_a_fixed_number_of_requests(s3: MotoS3, lo
     value, requests = steps["thumbnail 3"]
     _one_get(requests, f"{prefix}/{paths[3].rsplit('/', 1)[0]}/{THUMBNAIL_LEVEL}/{SHARD_KEY}")
     assert value == int(local.thumbnails(local.site_ids[3]).astype(np.uint64).sum())
+
+
+# --- the index check at open: the grid's rows and columns as character classes ----------------------------------
+
+
+def test_site_id_pattern_accepts_exactly_the_plate_grid() -> None:
+    """The compact row and column classes of the index check accept the 1536-well grid's names and nothing else of
+    their shape (one or two capitals; two digits)."""
+    letters = [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    rows = [*letters, *(a + b for a in letters for b in letters)]
+    columns = [f"{i:02d}" for i in range(100)]
+    accepted = {(r, c) for r in rows for c in columns if _SITE_ID_RE.match(f"HUVEC-1_1_{r}{c}_1")}
+    assert accepted == {(r, c) for r in GRID_ROWS for c in GRID_COLUMNS}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (("HUVEC-1_1_A01_1", "HUVEC-1/Plate1/A/01/1/0\tHUVEC-1_1_A01_2"), "unsafe store key"),
+        (("HUVEC-1_1_A01_1\tHUVEC-1/Plate1/A/01/1/0", "HUVEC-1_1_A01_2"), "invalid site_id"),
+        (("HUVEC-1_1_AG01_1", "HUVEC-1/Plate1/AG/01/1/0"), "invalid site_id"),
+        (("HUVEC-1_1_A49_1", "HUVEC-1/Plate1/A/49/1/0"), "invalid site_id"),
+        (("HUVEC-1_1_A01_1", "HUVEC-1/Plate1/A/01/1/1"), "not where that site lives"),
+        (("HUVEC-1_1_A01_1", 7), "is not a string"),
+    ],
+)
+def test_index_check_names_the_bad_row(row: tuple[object, object], message: str) -> None:
+    """Rows that a pair-counting check could be fooled by (a tab inside a value, a value straddling two rows) or that
+    only the grid classes refuse: each fails the whole-index check, and the row-by-row pass says what is wrong."""
+    good = [f"HUVEC-1_1_B{c:02d}_2" for c in range(1, 4)]
+    site_ids = np.array([*good[:2], row[0], good[2]], dtype=object)
+    paths = np.array([f"HUVEC-1/Plate1/B/{c:02d}/2/0" for c in range(1, 3)] + [row[1], "HUVEC-1/Plate1/B/03/2/0"],
+                     dtype=object)  # fmt: skip
+    with pytest.raises(StoreFormatError, match=re.escape(message)):
+        _check_paths(site_ids, paths, "index")
+    _check_paths(np.array(good, dtype=object), np.array([f"HUVEC-1/Plate1/B/{c:02d}/2/0" for c in range(1, 4)], dtype=object), "index")
