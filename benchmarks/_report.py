@@ -447,6 +447,12 @@ def _section_startup(r: dict[str, Any]) -> list[str]:
          "images[0] ms", "to lazy array ms", "to first pixels ms", "open again ms", "materialized layers"],
         rows,
     )  # fmt: skip
+    cpu_steps = ("import", "open", "images", "first_site", "to_lazy_array", "to_first_pixels", "open_again")
+    lines += ["CPU time of the same steps (ms, medians):", ""]
+    lines += _table(
+        ["sites", "store", *(f"{step.replace('_', ' ')}" for step in cpu_steps)],
+        [[p["sites"], p["store"], *(p.get(f"{step}_cpu_ms") for step in cpu_steps)] for p in s["points"]],
+    )
     for p in s["points"]:
         if "requests_per_run" in p:
             counts = ", ".join(f"{n} {method}" for method, n in sorted(p["requests_per_run"].items()))
