@@ -72,8 +72,10 @@ STEPS = (
     "to_lazy_array", "to_first_pixels",
 )  # fmt: skip
 
-#: Sites converted for the pixel rows when no earlier workload converted the pixel dataset (``--only startup``).
+#: Sites converted for the pixel rows when no earlier workload converted the pixel dataset (``--only startup``),
+#: or when its store is too large to upload to the S3 server quickly (full mode: 191 sites, ~250 MB).
 _PIXEL_SITES = 4
+_UPLOAD_SITES = 32
 
 
 def _startup_point(
@@ -110,8 +112,9 @@ def _startup_point(
 
 
 def _pixel_store(ctx: Context) -> Path:
-    """The convert workload's default-profile store, or (when it did not run) a few sites converted now."""
-    if DEFAULT_PROFILE in ctx.stores:
+    """The convert workload's default-profile store, or (when it did not run, or is large) a few sites converted
+    now: only the first site is read, and the open reads a fixed number of objects whatever the store's size."""
+    if DEFAULT_PROFILE in ctx.stores and len(ctx.data.site_ids) <= _UPLOAD_SITES:
         return ctx.stores[DEFAULT_PROFILE]
     path = ctx.work / "startup-pixels.zarr"
     log(f"converting {_PIXEL_SITES} sites with profile {DEFAULT_PROFILE!r} for the startup workload")
