@@ -22,7 +22,7 @@ from ._arrays import ArrayDocument, parse_json, read_array
 from ._columns import METADATA_COLUMNS
 from ._errors import ChunkReadError, StoreFormatError
 from ._layout import INDEX_CHECKSUM_COLUMNS, INDEX_COLUMNS, INDEX_GROUP, INDEX_PARQUET, INDEX_STRING_COLUMNS
-from ._paths import GRID_COLUMNS, GRID_ROWS, check_experiment
+from ._paths import check_experiment
 from ._storage import StoreIO, check_key
 
 if TYPE_CHECKING:
@@ -216,18 +216,21 @@ def _read_arrays(io: StoreIO) -> Columns:
 
 # --- site paths: one vectorised check for the whole index ---------------------------------------------------------
 
-_ROW = "|".join(sorted(GRID_ROWS, key=len, reverse=True))
-_COLUMN = "|".join(GRID_COLUMNS)
+#: The plate grid's rows (A..Z, AA..AF) and columns (01..48) as character classes rather than alternations of 32
+#: and 48 literals: the index check below runs about 1.5x faster (tests check that they accept exactly the grid).
+_ROW = "(?:A[A-F]|[A-Z])"
+_COLUMN = "(?:0[1-9]|[1-3][0-9]|4[0-8])"
 _SITE_ID = (
     rf"(?P<experiment>[A-Za-z0-9][A-Za-z0-9.\-]*)_(?P<plate>[1-9][0-9]*)_(?P<row>{_ROW})(?P<column>{_COLUMN})_(?P<site>[1-9][0-9]*)"
 )
 #: site_id -> the key of its array (``site_paths(parse_site_id(site_id)).array``).
 _SITE_ID_RE = re.compile(rf"^{_SITE_ID}$")
 _SITE_PATH = r"\g<experiment>/Plate\g<plate>/\g<row>/\g<column>/\g<site>/0"
-#: One line "<site_id>\t<path>" whose path is exactly the one its site_id maps to (back-references, no Python
-#: callback per line: the whole index is checked inside the regular expression engine).
-_ROW_LINE = re.compile(
-    rf"^{_SITE_ID}\t(?P=experiment)/Plate(?P=plate)/(?P=row)/(?P=column)/(?P=site)/0$", re.MULTILINE
+#: One "<site_id>\t<path>" pair whose path is exactly the one its site_id maps to, then the next pair's tab or the
+#: end (back-references, no Python callback per row: the whole index is checked inside the regular expression
+#: engine). No value may hold a tab: the pairs are told apart by counting them.
+_ROW_PAIR = re.compile(
+    rf"{_SITE_ID}\t(?P=experiment)/Plate(?P=plate)/(?P=row)/(?P=column)/(?P=site)/0(?:\t|\Z)"
 )
 
 
@@ -235,20 +238,25 @@ def check_paths(site_ids: npt.NDArray[Any], paths: npt.NDArray[Any], where: str)
     """Every ``path`` must be the array key its ``site_id`` maps to, and a safe key.
 
     Parsing 131,953 ids one by one costs over a second; one regular expression over all "<site_id>\t<path>"
-    lines, deleting each line that is right, costs tens of milliseconds. Only on a mismatch is the first bad row
+    pairs, deleting each pair that is right, costs tens of milliseconds. Only on a mismatch is the first bad row
     located, row by row.
     """
     n = len(site_ids)
     if n == 0:
         return
-    if all(isinstance(v, str) for v in (site_ids[0], paths[0])):
-        joined = "\n".join(map("\t".join, zip(site_ids, paths, strict=True)))
-        # every line must match (and be removed): what is left is exactly the n - 1 separators. A value holding
-        # "\n" or "\t" cannot pass, and ".." can only come from an experiment name, which the pattern allows but
-        # check_experiment does not.
-        left, matched = _ROW_LINE.subn("", joined)
-        if matched == n and left == "\n" * (n - 1) and ".." not in joined:
-            return
+    # site_id, path, site_id, path, ... joined by tabs in one join (a join per row costs twice the time)
+    values = np.empty(2 * n, dtype=object)
+    values[0::2], values[1::2] = site_ids, paths
+    try:
+        joined = "\t".join(values.tolist())
+    except TypeError:  # a value that is not a string: found and named row by row below
+        joined = ""
+    # every pair must match (and be removed), leaving nothing: n matches of two tab-free values each account for
+    # all 2n values and their 2n - 1 tabs, so a value holding a tab cannot pass, and each match is one row. ".." can
+    # only come from an experiment name, which the pattern allows but check_experiment does not.
+    left, matched = _ROW_PAIR.subn("", joined)
+    if matched == n and not left and ".." not in joined:
+        return
     for i, (site_id, path) in enumerate(zip(site_ids, paths, strict=True)):
         _check_row(i, site_id, path, where)
     raise StoreFormatError(f"{where}: index paths do not match their site_ids")
