@@ -54,7 +54,6 @@ from ._layout import (
     SHARD_KEY,
     THUMBNAIL_FACTOR,
     THUMBNAIL_LEVEL,
-    THUMBNAIL_ZSTD_LEVEL,
     RootAttributes,
     SiteArraySpec,
     group_document,
@@ -222,8 +221,7 @@ def thumbnail_key(item: SiteItem) -> str:
 def write_site(dst: StoreIO, spec: SiteArraySpec, item: SiteItem, pixels: Pixels) -> tuple[SiteChecksums, int]:
     """Write a site's shard and thumbnail, then its site document (the completion marker, written last).
     Returns its checksums and the bytes written."""
-    shard = _codec(spec).encode(pixels)
-    thumb = encode_thumbnail(thumbnail(pixels, THUMBNAIL_FACTOR), THUMBNAIL_ZSTD_LEVEL)
+    shard, thumb = encode_site(spec, pixels)
     sums = SiteChecksums(
         crc32c.crc32c(pixels.data), int.from_bytes(shard[-4:], "little"), int.from_bytes(thumb[-4:], "little")
     )
@@ -250,6 +248,11 @@ def convert_site(job: SiteJob, item: SiteItem) -> SiteResult:
 @functools.lru_cache(maxsize=4)
 def _codec(spec: SiteArraySpec) -> ShardCodec:
     return ShardCodec(spec)
+
+
+def encode_site(spec: SiteArraySpec, pixels: Pixels) -> tuple[bytes, bytes]:
+    """A site's two objects: its shard (full level) and its thumbnail chunk."""
+    return _codec(spec).encode(pixels), encode_thumbnail(thumbnail(pixels, THUMBNAIL_FACTOR))
 
 
 @dataclass(frozen=True)
@@ -898,8 +901,7 @@ def estimate(src: str, options: ConvertOptions | None = None, sample: int = 3, *
         begin = time.perf_counter()
         pixels, nbytes = source.read(item, plan.size)
         middle = time.perf_counter()
-        shard = _codec(spec).encode(pixels)
-        thumb = encode_thumbnail(thumbnail(pixels, THUMBNAIL_FACTOR), THUMBNAIL_ZSTD_LEVEL)
+        shard, thumb = encode_site(spec, pixels)
         reads.append(middle - begin)
         encodes.append(time.perf_counter() - middle)
         png += nbytes

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._channels import CHANNEL_SPECS
+from ._codec_table import ALLOWED_CODECS, CORE_READERS, CRC32C, profile_entries
 from ._columns import METADATA_COLUMNS, STRING_COLUMNS
 from ._paths import CHANNELS, GRID_COLUMNS, GRID_ROWS, SiteKey, WellAddress
 
 __all__ = [
+    "ALLOWED_CODECS",
     "DEFAULT_INNER_CHUNKS",
     "DEFAULT_PROFILE",
     "INDEX_COLUMNS",
@@ -83,23 +85,16 @@ MIN_INNER_CHUNK = 16
 DEFAULT_PROFILE = "standard"
 # Sanity bound for site sizes (RxRx2: 1024); anything larger is almost certainly a corrupt header.
 MAX_SITE_EDGE = 16384
-#: The codecs of the Zarr v3 core specification: a store made only of these opens in every Zarr v3 reader
-#: (zarr-python alone, tensorstore, zarrita.js, ngff-zarr, napari-ome-zarr).
-CORE_CODECS = frozenset({"bytes", "zstd", "blosc", "crc32c", "gzip", "transpose", "sharding_indexed"})
-#: zstd encoder parameters that python-zstandard accepts (``zstandard.ZstdCompressionParameters``).
-ZSTD_PARAMETERS = frozenset(
-    {"window_log", "chain_log", "hash_log", "search_log", "min_match", "target_length", "strategy"}
-)
-
-
 @dataclass(frozen=True)
 class CodecProfile:
     """A lossless codec chain for the inner chunks of a site shard, always closed by a ``crc32c`` codec.
 
-    ``blosc`` and ``zstd`` are Zarr v3 core codecs; ``pcodec`` is numcodecs' PCodec (``numcodecs.pcodec``, the
-    ``pcodec`` package) behind ``numcodecs.astype`` to uint16, because pcodec refuses 8-bit input; ``predictor``
-    puts this package's ``rxrx2.vpredict`` codec first. ``zstd_parameters`` tune zstd's encoder (the frames stay
-    standard zstd frames, which every decoder reads); ``inner_chunks`` is the profile's default inner chunk shape.
+    ``compressor`` and ``filters`` name entries of the codec table (``_codec_table.CODECS``), which builds the
+    chain's JSON, checks the settings and says who can read it: ``zstd`` and ``blosc`` are Zarr v3 core codecs;
+    ``pcodec`` is numcodecs' PCodec behind ``numcodecs.astype`` to uint16; the filter ``rxrx2.vpredict`` is this
+    package's predictor. ``cname`` and ``shuffle`` are Blosc's settings; ``zstd_parameters`` tune zstd's encoder
+    (the frames stay standard zstd frames, which every decoder reads); ``inner_chunks`` is the profile's default
+    inner chunk shape.
     """
 
     name: str
@@ -108,29 +103,15 @@ class CodecProfile:
     level: int
     cname: str = "zstd"
     shuffle: str = "noshuffle"
-    predictor: bool = False
+    filters: tuple[str, ...] = ()
     inner_chunks: tuple[int, int] = (256, 256)
     zstd_parameters: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.predictor and self.compressor == "pcodec":
-            raise ValueError(f"profile {self.name}: the predictor works in front of blosc or zstd only")
-        if self.compressor not in ("blosc", "zstd", "pcodec"):
-            raise ValueError(f"profile {self.name}: unknown compressor {self.compressor!r}")
-        if self.compressor == "blosc":
-            if self.cname not in ("lz4", "lz4hc", "zstd", "zlib", "blosclz"):
-                raise ValueError(f"profile {self.name}: unknown blosc cname {self.cname!r}")
-            if self.shuffle not in ("noshuffle", "shuffle", "bitshuffle"):
-                raise ValueError(f"profile {self.name}: unknown blosc shuffle {self.shuffle!r}")
-            if not 0 <= self.level <= 9:
-                raise ValueError(f"profile {self.name}: blosc clevel must be 0..9, got {self.level}")
-        elif self.compressor == "zstd" and not -7 <= self.level <= 22:
-            raise ValueError(f"profile {self.name}: zstd level must be -7..22, got {self.level}")
-        elif self.compressor == "pcodec" and not 0 <= self.level <= 12:
-            raise ValueError(f"profile {self.name}: pcodec level must be 0..12, got {self.level}")
-        unknown = [k for k, _ in self.zstd_parameters if k not in ZSTD_PARAMETERS]
-        if unknown or (self.zstd_parameters and self.compressor != "zstd"):
-            raise ValueError(f"profile {self.name}: zstd parameters {unknown or dict(self.zstd_parameters)} not valid here")
+        for entry in profile_entries(self):  # raises for unknown names
+            problem = entry.check(self)
+            if problem is not None:
+                raise ValueError(f"profile {self.name}: {problem}")
 
     def with_level(self, level: int | None) -> CodecProfile:
         """The same profile at another compression level (``--level``); custom encoder parameters are dropped,
@@ -141,43 +122,18 @@ class CodecProfile:
 
     def inner_codecs(self) -> list[dict[str, Any]]:
         """The inner-chunk codec chain as Zarr v3 JSON (exactly what zarr-python writes for the same codecs)."""
-        checksum = {"name": "crc32c"}
-        if self.compressor == "pcodec":
-            return [
-                {"name": "numcodecs.astype", "configuration": {"encode_dtype": "uint16", "decode_dtype": "uint8"}},
-                {"name": "numcodecs.pcodec", "configuration": {"level": self.level}},
-                checksum,
-            ]
-        prefix: list[dict[str, Any]] = [{"name": "rxrx2.vpredict"}] if self.predictor else []
-        if self.compressor == "blosc":
-            compressor: dict[str, Any] = {
-                "name": "blosc",
-                "configuration": {
-                    "typesize": 1,
-                    "cname": self.cname,
-                    "clevel": self.level,
-                    "shuffle": self.shuffle,
-                    "blocksize": 0,
-                },
-            }
-        else:
-            compressor = {"name": "zstd", "configuration": {"level": self.level, "checksum": False}}
-        return [*prefix, {"name": "bytes", "configuration": {"endian": "little"}}, compressor, checksum]
+        return [part for entry in profile_entries(self) for part in entry.to_json(self)] + [dict(CRC32C)]
 
     @property
     def standard(self) -> bool:
         """True when the chain has only Zarr v3 core codecs (the store opens in every Zarr v3 reader)."""
-        names = {c["name"] for c in self.inner_codecs()}
-        return names <= CORE_CODECS
+        return all(entry.core for entry in profile_entries(self))
 
     @property
     def readers(self) -> str:
         """Which readers decode this profile's pixels (recorded in the root attributes and shown by ``info``)."""
-        if self.standard:
-            return "any Zarr v3 reader (core codecs only: zarr-python, tensorstore, zarrita.js, napari-ome-zarr, ngff-zarr)"
-        if self.predictor:
-            return "zarr-python with rxrx2-zarr installed (codec rxrx2.vpredict), or rxrx2-zarr"
-        return "zarr-python with numcodecs and pcodec installed, or rxrx2-zarr"
+        special = list(dict.fromkeys(entry.readers for entry in profile_entries(self) if not entry.core))
+        return "; ".join(special) if special else CORE_READERS
 
 
 #: The codec profiles, chosen by measurement (README, "Codec profiles"; ``python -m benchmarks``, workloads
@@ -215,26 +171,11 @@ PROFILES: Mapping[str, CodecProfile] = {
             1,
             "zstd",
             "bitshuffle",
-            predictor=True,
+            filters=("rxrx2.vpredict",),
         ),
     )
 }
 DEFAULT_INNER_CHUNKS = PROFILES[DEFAULT_PROFILE].inner_chunks
-
-#: Every codec name a store written by this package may contain (the reader refuses any other).
-ALLOWED_CODECS = frozenset(
-    {
-        "sharding_indexed",
-        "bytes",
-        "crc32c",
-        "blosc",
-        "zstd",
-        "numcodecs.astype",
-        "numcodecs.pcodec",
-        "rxrx2.vpredict",
-        "vlen-utf8",
-    }
-)
 
 
 def _thumbnail_edge(edge: int) -> int:
@@ -359,12 +300,9 @@ class SiteArraySpec:
         )
 
 
-#: The thumbnail chunk's codec chain (Zarr v3 core codecs).
-THUMBNAIL_CODECS: list[dict[str, Any]] = [
-    {"name": "bytes", "configuration": {"endian": "little"}},
-    {"name": "zstd", "configuration": {"level": THUMBNAIL_ZSTD_LEVEL, "checksum": False}},
-    {"name": "crc32c"},
-]
+#: The thumbnail chunk's codec chain (Zarr v3 core codecs, whatever the site's profile).
+THUMBNAIL_PROFILE = CodecProfile("thumbnail", "the thumbnail level's one chunk", "zstd", THUMBNAIL_ZSTD_LEVEL)
+THUMBNAIL_CODECS: list[dict[str, Any]] = THUMBNAIL_PROFILE.inner_codecs()
 
 
 def _array_document(shape: Sequence[int], chunks: Sequence[int], codecs: list[dict[str, Any]]) -> dict[str, Any]:
