@@ -485,6 +485,17 @@ def _search(place: _Place, names: Sequence[str], text: str, what: str) -> FileRe
     return place.ref(rel)
 
 
+def _find_file(
+    place: _Place, folders: Sequence[str], given: str | None, options: Mapping[str, Any], names: Sequence[str], what: str
+) -> tuple[FileRef | None, str | None]:
+    """The metadata or embeddings file and how it is named: as given (``--metadata``), else the first of ``names``
+    in ``folders`` of the source (None when there is none)."""
+    if given is not None:
+        return _given_file(given, options, names, what), given
+    found = _lookup(place, folders, names)
+    return (None, None) if found is None else (place.ref(found), found)
+
+
 def resolve_source(
     src: str,
     storage_options: Mapping[str, Any] | None = None,
@@ -511,25 +522,13 @@ def resolve_source(
     parent = images.rsplit("/", 1)[0] if images.endswith(IMAGES) and "/" in images else ""
     folders = [parent, ""] if images.endswith(IMAGES) else [images, parent, ""]
 
-    if metadata is not None:
-        metadata_ref: FileRef | None = _given_file(metadata, options, METADATA_NAMES, "metadata")
-        metadata_name: str | None = metadata
-    else:
-        found = _lookup(place, folders, METADATA_NAMES)
-        metadata_ref = place.ref(found) if found is not None else None
-        metadata_name = found if found is not None else None
-        if metadata_ref is None and need_metadata:
-            raise SourceError(
-                f"{src}: no {' or '.join(METADATA_NAMES)} found in {place.where(parent)} (expected RxRx2's metadata "
-                "file; give it with --metadata PATH_OR_URL if it is published separately)"
-            )
-    if embeddings is not None:
-        embeddings_ref: FileRef | None = _given_file(embeddings, options, EMBEDDINGS_NAMES, "embeddings")
-        embeddings_name: str | None = embeddings
-    else:
-        found = _lookup(place, folders, EMBEDDINGS_NAMES)
-        embeddings_ref = place.ref(found) if found is not None else None
-        embeddings_name = found if found is not None else None
+    metadata_ref, metadata_name = _find_file(place, folders, metadata, options, METADATA_NAMES, "metadata")
+    if metadata_ref is None and need_metadata:
+        raise SourceError(
+            f"{src}: no {' or '.join(METADATA_NAMES)} found in {place.where(parent)} (expected RxRx2's metadata "
+            "file; give it with --metadata PATH_OR_URL if it is published separately)"
+        )
+    embeddings_ref, embeddings_name = _find_file(place, folders, embeddings, options, EMBEDDINGS_NAMES, "embeddings")
 
     if place.archive is not None:
         archive_url: str | None = place.archive.url
