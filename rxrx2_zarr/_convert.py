@@ -192,7 +192,7 @@ def _store_for(url: str, options: Mapping[str, Any]) -> StoreIO:
 
 
 def read_site_pixels(
-    src: StoreIO | SourceIO, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None
+    src: SourceIO, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None
 ) -> tuple[Pixels, int]:
     """Read and decode a site's six PNGs into (6, H, W); returns the pixels and the PNG bytes read. Warnings about
     the files (see :func:`decode_png`) are appended to ``notes``."""

@@ -332,8 +332,6 @@ class SitePaths:
     site: str
     array: str
     shard: str
-    thumbnail_array: str
-    thumbnail_chunk: str
 
 
 def plate_name(plate: int) -> str:
@@ -348,8 +346,7 @@ def site_paths(key: SiteKey) -> SitePaths:
     well = f"{row}/{key.well.column_name}"
     site = f"{well}/{key.site}"
     array = f"{site}/{LEVEL}"
-    thumbnail = f"{site}/{THUMBNAIL_LEVEL}"
-    return SitePaths(experiment, plate, row, well, site, array, f"{array}/{SHARD_KEY}", thumbnail, f"{thumbnail}/{SHARD_KEY}")
+    return SitePaths(experiment, plate, row, well, site, array, f"{array}/{SHARD_KEY}")
 
 
 # --- attribute documents (pure functions of the metadata) --------------------------------------------------------

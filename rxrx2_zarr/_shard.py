@@ -57,7 +57,6 @@ class ShardCodec:
     """Encode a (c, y, x) uint8 site into one shard and decode all or part of it."""
 
     def __init__(self, spec: SiteArraySpec, where: str = "site array") -> None:
-        self.spec = spec
         self._configure(spec.array_metadata(), where, spec.codec_profile.zstd_parameters)
 
     @classmethod
@@ -79,7 +78,6 @@ class ShardCodec:
         if sharding.get("name") != "sharding_indexed" or outer != padded:
             raise StoreFormatError(f"{where}: expected one shard spanning the (c, y, x) array")
         self = cls.__new__(cls)
-        self.spec = None  # type: ignore[assignment]
         self._configure(dict(meta), where)
         return self
 
@@ -94,12 +92,10 @@ class ShardCodec:
         self.shape: tuple[int, int, int] = tuple(int(v) for v in meta["shape"])  # type: ignore[assignment]
         self.chunk: tuple[int, int, int] = tuple(int(v) for v in config["chunk_shape"])  # type: ignore[assignment]
         self.grid: tuple[int, int, int] = tuple(-(-s // c) for s, c in zip(self.shape, self.chunk, strict=True))  # type: ignore[assignment]
-        self.shard_shape = tuple(int(v) for v in meta["chunk_grid"]["configuration"]["chunk_shape"])
         self.n_chunks = int(np.prod(self.grid))
         self.index_nbytes = 16 * self.n_chunks + 4
         self.chain: Chain = parse_chain(config["codecs"], where, self.chunk[1:], parameters)
         """The inner chunks' codecs (the codec table's entries, configured from this document)."""
-        self.checked = self.chain.checked
         self._chunk_nbytes = int(np.prod(self.chunk))
 
     # --- encoding -------------------------------------------------------------------------------------------------

@@ -136,8 +136,7 @@ def _reopen(source: Source) -> SourceIO:
 class SourceIO:
     """Reads of a resolved source by key: ``images/...`` under the images root, or the metadata/embeddings name.
 
-    It offers the read side of :class:`StoreIO` (``read``, ``read_range``, ``exists``, ``find``), so the planner
-    and the converter use either.
+    Its reads (``read``, ``read_range``, ``exists``, ``find``) mirror :class:`StoreIO`'s.
     """
 
     def __init__(self, source: Source) -> None:
@@ -146,7 +145,6 @@ class SourceIO:
         self.storage_options = source.storage_options
         self._archive = open_archive(source.archive, self.storage_options) if source.archive else None
         self._images = None if source.archive else StoreIO(source.images, self.storage_options)
-        self.local = self._archive.local if self._archive is not None else bool(self._images and self._images.local)
         self.http = self._images is not None and _fs.is_http(self._images.fs)
         self.sizes_known = not self.http
         """Whether :meth:`find` gives true sizes (not for HTTP directory listings)."""
@@ -158,13 +156,6 @@ class SourceIO:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen, (self.source,))
 
-    @property
-    def portable_url(self) -> str:
-        return _fs.portable_url(self.url)
-
-    def root_exists(self) -> bool:
-        return True  # resolve_source checked it
-
     # --- keys ----------------------------------------------------------------------------------------------------
 
     def _image(self, key: str) -> str | None:
@@ -175,15 +166,6 @@ class SourceIO:
 
     def _member(self, rel: str) -> str:
         return f"{self.source.images}/{rel}" if self.source.images else rel
-
-    def describe(self, key: str) -> str:
-        rel = self._image(key)
-        if rel is None:
-            ref = self._files.get(key)
-            return ref.describe() if ref is not None else key
-        if self._archive is not None:
-            return f"{self._member(rel)} in the zip archive {self._archive.url}"
-        return _fs.join_url(self.source.images, rel)
 
     # --- reads ---------------------------------------------------------------------------------------------------
 
