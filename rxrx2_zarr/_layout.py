@@ -3,29 +3,30 @@
 Hierarchy (OME-NGFF 0.5 high-content screening, one plate group per RxRx2 plate)::
 
     <root>/zarr.json                       group, attributes {"rxrx2": root attributes}
-    <root>/index/<column>                  1-D arrays, one per metadata column, plus path and checksum
+    <root>/index.parquet                   the index as one Parquet object (what ``open`` reads)
+    <root>/index/<column>                  the same index as 1-D arrays, one per column (for Zarr and xarray)
     <root>/embeddings                      float32 (n_sites, K), aligned with the index
-    <root>/<experiment>/                   group {"rxrx2": {experiment, cell_type}}
+    <root>/<experiment>/                   group {"rxrx2": {experiment, cell_type, ...}}
     <root>/<experiment>/Plate<p>/          NGFF plate {"ome": {"plate": ...}, "rxrx2": {...}}
     <root>/<experiment>/Plate<p>/<row>/    row group (letters, e.g. "AA")
     <root>/<experiment>/Plate<p>/<row>/<column>/           NGFF well (column "02")
-    <root>/<experiment>/Plate<p>/<row>/<column>/<site>/    NGFF image (field), {"rxrx2": {site_id, checksum}}
+    <root>/<experiment>/Plate<p>/<row>/<column>/<site>/    NGFF image (field), {"rxrx2": {site_id, checksums}}
     <root>/<experiment>/Plate<p>/<row>/<column>/<site>/0   (c, y, x) uint8 array, one shard = one object
+    <root>/<experiment>/Plate<p>/<row>/<column>/<site>/1   its thumbnail level, one chunk
 
 The index order is fixed: experiment, plate, well row, well column, site (all ascending; experiments by name).
+The attributes of each node are typed in ``_attrs.py``; the documents are built in ``_hierarchy.py``.
 """
-
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
-from ._channels import CHANNEL_SPECS
 from ._codec_table import ALLOWED_CODECS, CORE_READERS, CRC32C, profile_entries
 from ._columns import METADATA_COLUMNS, STRING_COLUMNS
-from ._paths import CHANNELS, GRID_COLUMNS, GRID_ROWS, SiteKey, WellAddress
+from ._paths import CHANNELS, SiteKey
 
 __all__ = [
     "ALLOWED_CODECS",
@@ -49,7 +50,7 @@ __all__ = [
 LAYOUT_VERSION = 2
 #: Layouts that ``rxrx2-zarr transcode`` can read (to rewrite them as the current layout).
 TRANSCODABLE_LAYOUTS = frozenset({1, 2})
-NGFF_VERSION = "0.5"
+NGFF_VERSION: Final = "0.5"
 #: The resolution levels of every site image (NGFF multiscales dataset paths): full resolution, and a thumbnail
 #: level that viewers (napari-ome-zarr's plate view) load instead of millions of full-resolution pixels per well.
 LEVEL = "0"
@@ -347,130 +348,3 @@ def site_paths(key: SiteKey) -> SitePaths:
     site = f"{well}/{key.site}"
     array = f"{site}/{LEVEL}"
     return SitePaths(experiment, plate, row, well, site, array, f"{array}/{SHARD_KEY}")
-
-
-# --- attribute documents (pure functions of the metadata) --------------------------------------------------------
-
-
-def omero_metadata() -> dict[str, Any]:
-    return {
-        "channels": [
-            {
-                "label": spec.label,
-                "color": spec.hex_color,
-                "active": True,
-                "coefficient": 1.0,
-                "family": "linear",
-                "inverted": False,
-                "window": {"start": spec.window[0], "end": spec.window[1], "min": 0, "max": 255},
-            }
-            for spec in CHANNEL_SPECS
-        ],
-        "rdefs": {"model": "color", "defaultT": 0, "defaultZ": 0},
-    }
-
-
-def plate_title(experiment: str, plate: int) -> str:
-    """A plate's display name (``HUVEC-1 plate 3``): the NGFF plate's name and every site image's name."""
-    return f"{experiment} plate {plate}"
-
-
-def image_attributes(spec: SiteArraySpec, name: str) -> dict[str, Any]:
-    """NGFF 0.5 ``multiscales`` + ``omero`` for a site image group."""
-    space_axis: dict[str, Any] = {"type": "space"}
-    scale = 1.0
-    if spec.pixel_size is not None:
-        space_axis["unit"] = "micrometer"
-        scale = spec.pixel_size
-    thumb = scale * THUMBNAIL_FACTOR
-    shift = scale * (THUMBNAIL_FACTOR - 1) / 2
-    return {
-        "version": NGFF_VERSION,
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [{"name": "c", "type": "channel"}, {"name": "y", **space_axis}, {"name": "x", **space_axis}],
-                "datasets": [
-                    {"path": LEVEL, "coordinateTransformations": [{"type": "scale", "scale": [1.0, scale, scale]}]},
-                    {
-                        "path": THUMBNAIL_LEVEL,
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [1.0, thumb, thumb]},
-                            # a thumbnail pixel is the mean of a block: its centre is the block's centre
-                            {"type": "translation", "translation": [0.0, shift, shift]},
-                        ],
-                    },
-                ],
-            }
-        ],
-        "omero": omero_metadata(),
-    }
-
-
-def plate_attributes(name: str, wells: Sequence[WellAddress], field_count: int) -> dict[str, Any]:
-    """NGFF 0.5 ``plate``: every row and column of the physical 1536-well plate, and the wells present."""
-    return {
-        "version": NGFF_VERSION,
-        "plate": {
-            "name": name,
-            "rows": [{"name": r} for r in GRID_ROWS],
-            "columns": [{"name": c} for c in GRID_COLUMNS],
-            "wells": [
-                {"path": f"{w.row}/{w.column_name}", "rowIndex": w.row_index, "columnIndex": w.column_index}
-                for w in sorted(wells, key=lambda w: (w.row_index, w.column))
-            ],
-            "field_count": field_count,
-        },
-    }
-
-
-def well_attributes(sites: Sequence[int]) -> dict[str, Any]:
-    return {"version": NGFF_VERSION, "well": {"images": [{"path": str(s)} for s in sorted(sites)]}}
-
-
-def group_document(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    return {"zarr_format": 3, "node_type": "group", "attributes": dict(attributes)}
-
-
-@dataclass(frozen=True)
-class RootAttributes:
-    """What the root group records (under ``rxrx2``). ``complete`` turns true only when conversion finished."""
-
-    options: Mapping[str, Any]
-    source: Mapping[str, Any]
-    counts: Mapping[str, Any] = field(default_factory=dict)
-    versions: Mapping[str, str] = field(default_factory=dict)
-    pixels: bool = True
-    complete: bool = False
-    skipped: Sequence[Mapping[str, str]] = ()
-    index_checksum: int | None = None
-    """CRC32C of the ``index.parquet`` object (known once it is written, at the end of a conversion)."""
-    readers: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "layout_version": LAYOUT_VERSION,
-            "format": "rxrx2-zarr",
-            "complete": self.complete,
-            "pixels": self.pixels,
-            "channels": [
-                {"number": s.number, "label": s.label, "rgb": list(s.rgb), "window": list(s.window)}
-                for s in CHANNEL_SPECS
-            ],
-            "checksum": CHECKSUM_ALGORITHM,
-            "index": {
-                "group": INDEX_GROUP,
-                "parquet": INDEX_PARQUET,
-                "parquet_crc32c": self.index_checksum,
-                "columns": list(INDEX_COLUMNS),
-                "order": ["experiment", "plate", "row", "column", "site"],
-            },
-            "levels": {LEVEL: 1, THUMBNAIL_LEVEL: THUMBNAIL_FACTOR},
-            "readers": self.readers,
-            "embeddings": EMBEDDINGS_ARRAY,
-            "counts": dict(self.counts),
-            "source": dict(self.source),
-            "options": dict(self.options),
-            "versions": dict(self.versions),
-            "skipped": [dict(s) for s in self.skipped],
-        }

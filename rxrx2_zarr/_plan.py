@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from ._errors import ImageError, MetadataError, PathGrammarError, SourceError
-from ._layout import site_paths
+from ._layout import SHARD_KEY, THUMBNAIL_LEVEL, site_paths
 from ._paths import CHANNELS, SiteKey, WellAddress, parse_image_path
 from ._png import HEADER_BYTES, PngHeader, check_header, max_file_bytes, read_png_header
 from ._schema import (
@@ -60,6 +60,11 @@ class SiteItem:
     source_stem: str
     """The site's PNG paths without the channel number and suffix (``images/HUVEC-1/Plate1/AA02_s2_w``): six
     full paths per site would be the largest part of a million-site plan."""
+
+    @property
+    def thumbnail(self) -> str:
+        """The key of the site's thumbnail chunk (the one chunk of its level-1 array)."""
+        return f"{self.group}/{THUMBNAIL_LEVEL}/{SHARD_KEY}"
 
     @property
     def sources(self) -> tuple[str, ...]:
