@@ -73,7 +73,7 @@ M = TypeVar("M", bound="Attributes")
 class Attributes(BaseModel):
     """Base of every model: frozen, strict, unknown keys ignored; ``to_json`` gives the stored document."""
 
-    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore", defer_build=True)
     omit_if_none: ClassVar[frozenset[str]] = frozenset()
     """Fields left out of the document while None (keys that the format adds only when they are known)."""
 
