@@ -65,7 +65,6 @@ from ._layout import (
     INDEX_PARQUET,
     LAYOUT_VERSION,
     MIN_INNER_CHUNK,
-    PROFILES,
     THUMBNAIL_FACTOR,
     THUMBNAIL_LEVEL,
     SiteArraySpec,
@@ -125,22 +124,14 @@ class ConvertOptions:
     """The embeddings CSV when not in SRC (as ``metadata``)."""
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; choose one of {sorted(PROFILES)}")
-        PROFILES[self.profile].with_level(self.level)  # validates the level
+        # the codec choices, checked now as the site array will check them (the image size is known only later)
+        SiteArraySpec(MIN_INNER_CHUNK, MIN_INNER_CHUNK, self.inner_chunks, self.profile, self.pixel_size, level=self.level)
         if self.on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
         if self.overwrite and self.resume:
             raise ValueError("overwrite and resume are mutually exclusive")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
-        if (self.inner_chunks is not None and len(self.inner_chunks) != 2) or any(
-            not isinstance(v, int) or isinstance(v, bool) or v < MIN_INNER_CHUNK for v in self.inner_chunks or ()
-        ):
-            raise ValueError(
-                f"inner chunks must be two integers of at least {MIN_INNER_CHUNK} (Y, X), got {self.inner_chunks!r}: "
-                "smaller chunks make a site thousands of objects to encode and index"
-            )
         # validates workers too
         ExecutionConfig(self.workers, self.processes, self.scheduler)
 
