@@ -125,7 +125,6 @@ def _pixel_store(ctx: Context) -> Path:
 def _pixel_points(ctx: Context, runs: int) -> list[dict[str, Any]]:
     """The pixel store from the local disk and from a bucket of a loopback S3 server."""
     from rxrx2_zarr._dataset import open as open_store
-
     from tests._services import moto_s3, service_env
 
     store = _pixel_store(ctx)

@@ -21,6 +21,7 @@ from ._arrays import ArrayDocument, check_codec_names, parse_json, read_array
 from ._errors import ChunkReadError, StoreFormatError
 from ._index import build_frame, read_index, site_lookup
 from ._layout import EMBEDDINGS_ARRAY, LAYOUT_VERSION, TRANSCODABLE_LAYOUTS, SiteArraySpec
+from ._root import check_complete, check_layout, rxrx2_root
 from ._site_reader import SiteReader, SiteRef, codec_for
 from ._storage import StoreIO, store_io
 
@@ -35,36 +36,16 @@ _WHOLE_EMBEDDINGS_SHARE = 4
 
 def root_attributes(io: StoreIO, *, legacy: bool = False) -> dict[str, Any]:
     """The root group's ``rxrx2`` attributes, refused unless they describe a complete store of a layout this
-    version reads (``legacy``: also the older layouts ``transcode`` reads)."""
+    version reads (``legacy``: also the older layouts ``transcode`` reads). The gate of :mod:`._root`, shared with
+    the typed model; the model itself is not parsed here (see :mod:`._root` for why)."""
     where = f"{io.url}: zarr.json"
     try:
         data = io.read("zarr.json")
     except FileNotFoundError:
         raise StoreFormatError(f"{io.url}: no zarr.json: not a Zarr v3 store (or the path does not exist)") from None
-    doc = parse_json(data, where)
-    if not isinstance(doc, Mapping) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
-        raise StoreFormatError(f"{where}: not a Zarr v3 group")
-    attributes = doc.get("attributes")
-    attrs = attributes.get("rxrx2") if isinstance(attributes, Mapping) else None
-    if not isinstance(attrs, Mapping) or attrs.get("format") != "rxrx2-zarr":
-        raise StoreFormatError(f"{io.url}: not an rxrx2-zarr store (the root group has no 'rxrx2' attributes)")
-    version = attrs.get("layout_version")
-    if version != LAYOUT_VERSION and not (legacy and version in TRANSCODABLE_LAYOUTS):
-        if version in TRANSCODABLE_LAYOUTS:
-            raise StoreFormatError(
-                f"{io.url}: layout version {version} is an older rxrx2-zarr layout (no per-chunk checksums, no "
-                f"thumbnails, no columnar index); rewrite it as layout {LAYOUT_VERSION} with "
-                f"`rxrx2-zarr transcode {io.url} NEW_STORE` (no PNGs needed)"
-            )
-        raise StoreFormatError(
-            f"{io.url}: layout version {version!r} is not one this version of rxrx2-zarr "
-            f"reads ({LAYOUT_VERSION}); upgrade rxrx2-zarr or re-convert the store"
-        )
-    if attrs.get("complete") is not True:
-        raise StoreFormatError(
-            f"{io.url}: the store is incomplete (its conversion did not finish); "
-            "finish it with `rxrx2-zarr convert SRC DST --resume` before reading it"
-        )
+    attrs = rxrx2_root(parse_json(data, where), io.url)
+    check_layout(attrs.get("layout_version"), io.url, TRANSCODABLE_LAYOUTS if legacy else (LAYOUT_VERSION,))
+    check_complete(attrs.get("complete"), io.url)
     if not isinstance(attrs.get("pixels", True), bool):
         raise StoreFormatError(f"{io.url}: root attributes: 'pixels' must be true or false, got {attrs['pixels']!r}")
     return dict(attrs)

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._convert import ConvertOptions, ConvertReport, _check_separate, _options, run_conversion
+from ._convert import ConvertOptions, ConvertReport, resolve_options, run_conversion
 from ._dataset import Dataset, open_any_layout
+from ._destination import check_separate
 from ._errors import ChunkReadError, ImageError
 from ._fs import portable_url
 from ._layout import site_paths
@@ -93,13 +94,13 @@ def transcode(src: str, dst: str, options: ConvertOptions | None = None, **kwarg
     Resumable (``resume=True``) and parallel like :func:`convert`; ``src_storage_options`` apply to the source
     store. Verify the result with ``verify(src, dst)``.
     """
-    options = _options(options, kwargs)
+    options = resolve_options(options, kwargs)
     if options.experiments or options.plates or options.limit or options.no_pixels:
         raise ValueError("transcode rewrites a whole store: experiments, plates, limit and no_pixels do not apply")
     started = time.perf_counter()
     plan, dataset = plan_from_store(src, options.src_storage_options)
     if not dataset.pixels:
         raise ValueError(f"{src}: a --no-pixels store has no pixels to transcode")
-    _check_separate(src, options.src_storage_options, StoreIO(dst, options.dst_storage_options))
+    check_separate(src, options.src_storage_options, StoreIO(dst, options.dst_storage_options))
     source = StoreSource(portable_url(src), dict(options.src_storage_options))
     return run_conversion(plan, source, src, dst, options, started)

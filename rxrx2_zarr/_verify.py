@@ -22,6 +22,7 @@ import crc32c
 import numpy as np
 import pandas as pd
 
+from ._attrs import RootAttributes
 from ._convert import PixelSource, PngSource
 from ._dataset import open as open_store
 from ._errors import ImageError, StoreFormatError
@@ -81,15 +82,14 @@ class VerifyReport:
 
 
 def _root_attrs(store: StoreIO) -> dict[str, Any]:
+    """The root attributes of a store of any layout, validated by their model (``_attrs.RootAttributes``)."""
     try:
-        attrs = json.loads(store.read("zarr.json"))["attributes"]["rxrx2"]
+        document = json.loads(store.read("zarr.json"))
     except FileNotFoundError:
         raise StoreFormatError(f"{store.url}: no zarr.json (not a Zarr store)") from None
-    except (ValueError, KeyError, TypeError):
-        raise StoreFormatError(f"{store.url}: not an rxrx2-zarr store (no 'rxrx2' root attributes)") from None
-    if not isinstance(attrs, dict) or attrs.get("format") != "rxrx2-zarr":
-        raise StoreFormatError(f"{store.url}: not an rxrx2-zarr store")
-    return attrs
+    except ValueError:
+        raise StoreFormatError(f"{store.url}: not an rxrx2-zarr store (zarr.json is not JSON)") from None
+    return RootAttributes.from_json(document, store.url, layouts=None).to_json()
 
 
 def _is_store(url: str, options: Mapping[str, Any]) -> bool:

@@ -261,8 +261,9 @@ def convert(src: str, dst: str, profile: str, inner_chunks: str | None, level: i
     SRC may be a directory, a zip archive (a .zip path, https://host/x.zip) or any fsspec URL, chained ones too
     (zip::https://host/x.zip, zip://rxrx2::s3://bucket/x.zip, https://host/rxrx2/): archives are read in place.
     Exit status 3: the store is complete but some sites were skipped (--on-error skip)."""
-    from ._convert import ConvertOptions, estimate
+    from ._convert import ConvertOptions
     from ._convert import convert as run
+    from ._estimate import estimate
 
     plate_numbers = _plate_numbers(plates)  # usage errors before anything runs
     chunks = _chunks(inner_chunks) if inner_chunks else None

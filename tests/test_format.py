@@ -243,7 +243,7 @@ def test_verify_refuses_what_open_refuses(store: Path, source_tree: Path, copy_t
     assert not report.ok and "rxrx2_zarr.open()" in report.summary(), report.summary()
 
 
-@pytest.mark.parametrize("target", ["_write_index_arrays", "_write_embeddings"])
+@pytest.mark.parametrize("target", ["write_index_arrays", "write_embeddings"])
 def test_full_disk_in_zarr_python_writes_names_what(
     source_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
