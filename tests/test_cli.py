@@ -33,7 +33,7 @@ from rxrx2_zarr import (
     synth,
     verify,
 )
-from rxrx2_zarr._convert import ConversionEstimate
+from rxrx2_zarr._estimate import ConversionEstimate
 from rxrx2_zarr._paths import parse_site_id
 from rxrx2_zarr._plan import Skip
 from rxrx2_zarr._text import count, problem_lines
