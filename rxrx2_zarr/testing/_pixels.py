@@ -185,7 +185,8 @@ def _draw_textures(rng: np.random.Generator, orient: F32, half: int) -> _Texture
     drift = normals(rng, (-(-half // 64) + 1,) * 2) * np.float32(0.08)  # +-8% over ~100 pixels and more
     for _ in range(6):
         drift = up2(drift)
-    return _Textures(grain, grain2, grain3, fibre, vignette * np.exp(drift[:half, :half]))
+    illumination = (vignette * np.exp(drift[:half, :half])).astype(np.float32, copy=False)  # float32 already
+    return _Textures(grain, grain2, grain3, fibre, illumination)
 
 
 def _coarse_channels(layers: _Layers, half: int) -> F32:
