@@ -92,7 +92,8 @@ def test_isolation_hides_the_package_and_pcodec(outcomes: dict[tuple[str, str], 
     # available..."
     error = outcomes[("compact", "zarr-python")].error or ""
     assert error.startswith("zarr.errors.UnknownCodecError: ") and "'rxrx2.vpredict'" in error, error
-    assert outcomes[("balanced", "zarr-python")].error == "numcodecs.errors.UnknownCodecError: codec not available: ''pcodec''"
+    error = outcomes[("balanced", "zarr-python")].error or ""
+    assert "UnknownCodecError: " in error and "pcodec" in error, error
     assert outcomes[("balanced", "zarr-python+pcodec")].opened
 
 
