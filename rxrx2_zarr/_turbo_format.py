@@ -32,18 +32,20 @@ ALPHABET = 256 + RUN_MAX
 CONTEXTS = 2
 MIN_TABLE_LOG = 9
 MAX_TABLE_LOG = 12
-DEFAULT_TABLE_LOG = 11
+DEFAULT_TABLE_LOG = 10
 #: Default tile (rows, columns): a 256 x 256 crop of a 1024 x 1024 chunk decodes at most 5 x 2 tiles.
 DEFAULT_TILE = (64, 256)
 MAX_TILE_EDGE = 4096
 
-#: A decoding-table entry (uint32): the byte the symbol writes (0 for a run), the bits to read, how many bytes
-#: the symbol covers and the base of the next state; entries of a table the chunk declares unused carry
-#: FLAG_INVALID (reaching one means the data is corrupt: the encoder never codes a symbol in an unused context).
+#: A decoding-table entry (uint32): the byte the symbol writes (0 for a run; bits 0-7), the bits to read (8-11),
+#: the bytes it covers minus one (12-17), FLAG_INVALID (18) and the next state's index within the plane's two
+#: tables (19-31): its base, plus the table size when the symbol is a run (the next symbol's context is then 1).
+#: Entries of a table the chunk declares unused carry FLAG_INVALID: reaching one means the data is corrupt (the
+#: encoder never codes a symbol in an unused context).
 ENTRY_BITS_SHIFT = 8
 ENTRY_ADVANCE_SHIFT = 12
 ENTRY_BASE_SHIFT = 19
-FLAG_INVALID = 1 << 31
+FLAG_INVALID = 1 << 18
 
 # Error codes returned by the decoding kernels (0 = success); :mod:`._turbo` turns them into messages.
 ERR_HEADER = -1

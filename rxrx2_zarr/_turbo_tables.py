@@ -11,9 +11,24 @@ from typing import Any
 
 import numpy as np
 
-from ._turbo_format import ALPHABET, ENTRY_ADVANCE_SHIFT, ENTRY_BASE_SHIFT, ENTRY_BITS_SHIFT, FLAG_INVALID
+from ._turbo_format import (
+    ALPHABET,
+    ENTRY_ADVANCE_SHIFT,
+    ENTRY_BASE_SHIFT,
+    ENTRY_BITS_SHIFT,
+    FLAG_INVALID,
+    MAX_TABLE_LOG,
+    RUN_MAX,
+)
 
-__all__ = ["build_tables", "normalize_counts"]
+__all__ = ["ADVANCE", "LOG2", "build_tables", "normalize_counts"]
+
+#: ``LOG2[x] = floor(log2(x))`` for ``1 <= x < 2**(MAX_TABLE_LOG + 1)`` (the sub-states of a table).
+LOG2 = np.zeros(2 << MAX_TABLE_LOG, dtype=np.int64)
+for _x in range(2, LOG2.size):
+    LOG2[_x] = LOG2[_x >> 1] + 1
+#: Bytes of a plane each symbol covers: 1 for a literal byte (1..255), ``r`` for the run symbol ``255 + r``.
+ADVANCE = np.array([1] * 256 + list(range(1, RUN_MAX + 1)), dtype=np.int64)
 
 
 def normalize_counts(hist: Any, log: int, counts: Any) -> None:
@@ -67,8 +82,9 @@ def build_tables(counts: Any, log: int, decode: Any, encode: Any, log2: Any, adv
     reached by ``i`` steps of ``size/2 + size/8 + 3`` (mod ``size``) after the previous symbol's last, and its
     sub-state is ``x = n + i`` (``docs/turbo.md``, "Decoding tables"). ``decode[t, u]`` is then the uint32 entry
     of state ``u``: the byte the symbol writes, ``nbits = log - floor(log2(x))`` bits to read, the bytes it
-    advances (``advance[s]``) and the next state's base ``(x << nbits) - size``; the rows of unused tables are
-    ``FLAG_INVALID | 1 << ENTRY_ADVANCE_SHIFT``. Unless ``encode`` is empty, ``encode[t, c + i]`` is the encoder
+    advances (``advance[s]``, stored minus one) and the next state's base ``(x << nbits) - size``, plus ``size``
+    if the symbol is a run (the two tables of a plane are consecutive: context 1 follows context 0); the rows of
+    unused tables are ``FLAG_INVALID``. Unless ``encode`` is empty, ``encode[t, c + i]`` is the encoder
     state ``size + u`` of that same state, ``c`` being the sum of the counts below ``s``. ``log2[x]`` is
     ``floor(log2(x))``. (Numbering the sub-states in this spread order rather than in state order costs about
     0.7% of the coded size and makes building a table one pass without lookups: 4x faster, and a chunk's
@@ -84,18 +100,19 @@ def build_tables(counts: Any, log: int, decode: Any, encode: Any, log2: Any, adv
             total += counts[t, s]
         if total == 0:
             for u in range(size):
-                decode[t, u] = FLAG_INVALID | (1 << ENTRY_ADVANCE_SHIFT)
+                decode[t, u] = FLAG_INVALID
             continue
         pos = 0
         cum = 0
         for s in range(ALPHABET):
             c = counts[t, s]
-            value = s if s < 256 else 0
-            fixed = value | (advance[s] << ENTRY_ADVANCE_SHIFT)
+            run = s >= 256
+            fixed = (0 if run else s) | ((advance[s] - 1) << ENTRY_ADVANCE_SHIFT)
             for i in range(c):
                 x = c + i
                 nbits = log - log2[x]
-                decode[t, pos] = fixed | (nbits << ENTRY_BITS_SHIFT) | (((x << nbits) - size) << ENTRY_BASE_SHIFT)
+                base = (x << nbits) - size + (size if run else 0)
+                decode[t, pos] = fixed | (nbits << ENTRY_BITS_SHIFT) | (base << ENTRY_BASE_SHIFT)
                 if with_encode:
                     encode[t, cum + i] = size + pos
                 pos = (pos + step) & mask
