@@ -18,59 +18,79 @@ from ._turbo_format import (
     HEADER_BYTES,
     MAGIC_U32,
     MAX_PLANES,
+    MAX_TABLE_LOG,
     PRED_NONE,
     PRED_UP,
+    RAW_MARGIN,
     RUN_MAX,
     VERSION,
 )
 from ._turbo_jit import (
     build_tables_jit,
+    inline,
     jit,
     normalize_counts_jit,
     put,
     put_u32,
     transpose8,
+    up3,
     write_tables,
     write_varint,
 )
-from ._turbo_tables import ADVANCE, LOG2
+from ._turbo_tables import ADVANCE, COST, LOG2
 
 __all__ = ["encode_chunk"]
+
+
+@inline
+def _zigzag(r: Any) -> Any:
+    return np.uint8((r << np.uint8(1)) ^ (np.uint8(0) - (r >> np.uint8(7))))
 
 
 @jit
 def _tile_codes(pixels: Any, img: int, y0: int, x0: int, th: int, tw: int, pred: int, z: Any) -> int:
     """Residual codes of one tile (the inverse of ``_turbo_kernels._reconstruct_tile``) into ``z[y, :tw]``
-    (zero past ``tw`` up to the byte boundary); returns the OR of all codes."""
+    (zero past ``tw`` up to the byte boundary); returns the OR of all codes. The rows after the first are one
+    branch-free pass each (vectorised): the prediction reads the original pixels above."""
     nb8 = ((tw + 7) >> 3) << 3
-    top = 0
+    top = np.uint8(0)
+    u1 = np.uint64(1)
+    end = np.uint64(tw)
     for y in range(th):
         src = pixels[img, y0 + y, x0 : x0 + tw]
         row = z[y]
         if pred == PRED_NONE:
-            row[:tw] = src
-        elif y == 0:
+            for x in range(end):
+                row[x] = src[x]
+                top |= src[x]
+        elif y == 0:  # left neighbour
             left = np.uint8(0)
             for x in range(tw):
-                r = np.uint8(src[x] - left)
-                row[x] = np.uint8((r << np.uint8(1)) ^ (np.uint8(0) - (r >> np.uint8(7))))
+                code = _zigzag(np.uint8(src[x] - left))
+                row[x] = code
+                top |= code
                 left = src[x]
         else:
             up = pixels[img, y0 + y - 1, x0 : x0 + tw]
-            for x in range(tw):
-                b = np.uint16(up[x])
-                if pred == PRED_UP or tw == 1:
-                    p = np.uint8(b)
-                else:
-                    c = np.uint16(up[x - 1]) if x > 0 else b
-                    d = np.uint16(up[x + 1]) if x + 1 < tw else b
-                    p = np.uint8((c + b * np.uint16(2) + d + np.uint16(2)) >> np.uint16(2))
-                r = np.uint8(src[x] - p)
-                row[x] = np.uint8((r << np.uint8(1)) ^ (np.uint8(0) - (r >> np.uint8(7))))
+            if pred == PRED_UP or tw == 1:
+                for x in range(end):
+                    code = _zigzag(np.uint8(src[x] - up[x]))
+                    row[x] = code
+                    top |= code
+            else:
+                code = _zigzag(np.uint8(src[0] - up3(up[0], up[0], up[1])))
+                row[0] = code
+                top |= code
+                for x in range(u1, end - u1):
+                    code = _zigzag(np.uint8(src[x] - up3(up[x - u1], up[x], up[x + u1])))
+                    row[x] = code
+                    top |= code
+                last = end - u1
+                code = _zigzag(np.uint8(src[last] - up3(up[last - u1], up[last], up[last])))
+                row[last] = code
+                top |= code
         row[tw:nb8] = 0
-        for x in range(tw):
-            top |= int(row[x])
-    return top
+    return int(top)
 
 
 @jit
@@ -115,50 +135,68 @@ def _count(syms: Any, m: int, t: int, hist: Any) -> None:
 
 @jit
 def _encode_stream(
-    syms: Any, m: int, t: int, counts: Any, cum: Any, enc: Any, log: int, vals: Any, nbs: Any, out: Any, pos: int,
-    limit: int,
+    syms: Any, m: int, t: int, counts: Any, cost: Any, shift: Any, start: Any, enc: Any, log: int, vals: Any,
+    nbs: Any, out: Any, limit: int,
 ) -> int:
-    """tANS-code symbols ``syms[:m]`` of tables ``t, t + 1`` at ``out[pos:]``: coded last to first, so that the
-    decoder reads them first to last. Returns the end position, or -1 if that would pass ``pos + limit``."""
+    """tANS-code symbols ``syms[:m]`` of tables ``t, t + 1`` into ``out``: coded last to first, so that the
+    decoder reads them first to last. Returns the length, or -1 if it would not be below ``limit`` (bytes),
+    decided first from the symbols' estimated cost (``cost``: ``COST`` of each table's counts), then from the
+    coded length.
+
+    Per table and symbol of count ``c``, ``shift`` is ``log - floor(log2(c))`` (the bits emitted from a state
+    ``x`` are that, or one fewer when ``x >> shift < c``) and ``start`` is ``cum - c`` (where the encoder table's
+    range for the symbol begins, minus ``c``)."""
     size = 1 << log
+    estimate = cost[t, syms[0]] if m else 0
+    for i in range(1, m):
+        estimate += cost[t + (syms[i - 1] >= 256), syms[i]]
+    if estimate >= limit * 8 * 64:  # about as large as raw: no need to code it to know
+        return -1
     x_state = size
     total = log
     for i in range(m - 1, -1, -1):
         s = syms[i]
         tc = t + (1 if i > 0 and syms[i - 1] >= 256 else 0)
-        c = counts[tc, s]
-        nbits = log - LOG2[c]
-        if (x_state >> nbits) < c:
+        nbits = shift[tc, s]
+        high = x_state >> nbits
+        if high < counts[tc, s]:
             nbits -= 1
+            high = x_state >> nbits
         vals[i] = x_state & ((1 << nbits) - 1)
         nbs[i] = nbits
         total += nbits
-        x_state = enc[tc, cum[tc, s] + (x_state >> nbits) - c]
-    if (total + 7) >> 3 >= limit:
+        x_state = enc[tc, start[tc, s] + high]
+    length = (total + 7) >> 3
+    if length >= limit:
         return -1
     acc = np.uint64(x_state - size)
     nacc = log
+    pos = 0
     for i in range(m):
-        pos, acc, nacc = put(out, pos, acc, nacc)
         acc |= np.uint64(vals[i]) << np.uint64(nacc)
         nacc += nbs[i]
+        if nacc >= 32:  # four whole bytes at a time
+            for k in range(4):
+                out[pos + k] = np.uint8((acc >> np.uint64(8 * k)) & np.uint64(0xFF))
+            pos += 4
+            acc >>= np.uint64(32)
+            nacc -= 32
     pos, acc, nacc = put(out, pos, acc, nacc)
     if nacc:
         out[pos] = np.uint8(acc & np.uint64(0xFF))
-        pos += 1
-    return pos
+    return length
 
 
 @jit
-def _analyse(pixels: Any, th: int, tw: int, pred: int, store: Any, widths: Any, hist: Any) -> None:
-    """First pass: every tile's interleaved bit planes into ``store[tile]``, its number of planes into ``widths``
-    and its symbols' counts, per plane and context, into ``hist``."""
+def _analyse(pixels: Any, th: int, tw: int, pred: int, store: Any, widths: Any, symbols: Any, lengths: Any, hist: Any) -> None:
+    """First pass: every tile's interleaved bit planes into ``store[tile]``, its number of planes into ``widths``,
+    each plane's symbols into ``symbols[tile, plane]`` (their number into ``lengths``) and the symbols' counts,
+    per plane and context, into ``hist``."""
     images, height, width = pixels.shape
     tiles_y = (height + th - 1) // th
     tiles_x = (width + tw - 1) // tw
     nb = (tw + 7) >> 3
     z = np.zeros((th, nb * 8), dtype=np.uint8)
-    syms = np.empty(th * nb, dtype=np.int64)
     for img in range(images):
         for ty in range(tiles_y):
             for tx in range(tiles_x):
@@ -174,8 +212,16 @@ def _analyse(pixels: Any, th: int, tw: int, pred: int, store: Any, widths: Any, 
                 _tile_planes(z, tht, nbt, store[t])
                 p8 = store[t].view(np.uint8)
                 for j in range(w):
-                    m = _symbols(p8, j, tht * nbt, syms)
-                    _count(syms, m, j * CONTEXTS, hist)
+                    m = _symbols(p8, j, tht * nbt, symbols[t, j])
+                    lengths[t, j] = m
+                    _count(symbols[t, j], m, j * CONTEXTS, hist)
+
+
+@jit
+def _raw_plane(words: Any, shift: np.uint64, out: Any, pos: int, nsym: int) -> None:
+    """Plane ``shift / 8`` of the interleaved words as bytes at ``out[pos:]`` (one vectorised pass)."""
+    for k in range(np.uint64(nsym)):
+        out[pos + k] = np.uint8((words[k] >> shift) & np.uint64(0xFF))
 
 
 @jit
@@ -188,8 +234,10 @@ def encode_chunk(pixels: Any, th: int, tw: int, pred: int, log: int) -> Any:
     nb = (tw + 7) >> 3
     store = np.empty((ntiles, th * nb), dtype=np.uint64)
     widths = np.zeros(ntiles, dtype=np.int64)
+    symbols = np.empty((ntiles, MAX_PLANES, th * nb), dtype=np.int16)
+    counted = np.zeros((ntiles, MAX_PLANES), dtype=np.int64)
     hist = np.zeros((MAX_PLANES * CONTEXTS, ALPHABET), dtype=np.int64)
-    _analyse(pixels, th, tw, pred, store, widths, hist)
+    _analyse(pixels, th, tw, pred, store, widths, symbols, counted, hist)
     planes = 0
     for t in range(ntiles):
         planes = max(planes, widths[t])
@@ -200,10 +248,18 @@ def encode_chunk(pixels: Any, th: int, tw: int, pred: int, log: int) -> Any:
     dec = np.empty((max(ntables, 1), size), dtype=np.uint32)
     enc = np.zeros((max(ntables, 1), size), dtype=np.int64)
     build_tables_jit(counts[:ntables], log, dec, enc, LOG2, ADVANCE)
-    cum = np.zeros((max(ntables, 1), ALPHABET), dtype=np.int64)
+    shift = np.zeros((max(ntables, 1), ALPHABET), dtype=np.int64)
+    start = np.zeros((max(ntables, 1), ALPHABET), dtype=np.int64)
+    cost = np.zeros((max(ntables, 1), ALPHABET), dtype=np.int64)
     for t in range(ntables):
-        for s in range(1, ALPHABET):
-            cum[t, s] = cum[t, s - 1] + counts[t, s - 1]
+        cum = 0
+        for s in range(ALPHABET):
+            c = counts[t, s]
+            if c:
+                shift[t, s] = log - LOG2[c]
+                start[t, s] = cum - c
+                cost[t, s] = COST[c << (MAX_TABLE_LOG - log)]
+            cum += c
     capacity = HEADER_BYTES + ntables * 1024 + 16 + 4 * (ntiles + 1)
     capacity += ntiles * (1 + 5 * MAX_PLANES) + images * height * (width + 7 * tiles_x)
     out = np.zeros(capacity, dtype=np.uint8)
@@ -212,7 +268,6 @@ def encode_chunk(pixels: Any, th: int, tw: int, pred: int, log: int) -> Any:
     pos = data
     streams = np.zeros((MAX_PLANES, th * nb + 16), dtype=np.uint8)
     lengths = np.zeros(MAX_PLANES, dtype=np.int64)
-    syms = np.empty(th * nb, dtype=np.int64)
     vals = np.empty(th * nb, dtype=np.int64)
     nbs = np.empty(th * nb, dtype=np.int64)
     for img in range(images):
@@ -224,17 +279,15 @@ def encode_chunk(pixels: Any, th: int, tw: int, pred: int, log: int) -> Any:
                 w = widths[t]
                 out[pos] = w
                 pos += 1
-                p8 = store[t].view(np.uint8)
                 for j in range(w):
-                    m = _symbols(p8, j, nsym, syms)
                     lengths[j] = _encode_stream(
-                        syms, m, j * CONTEXTS, counts, cum, enc, log, vals, nbs, streams[j], 0, nsym
+                        symbols[t, j], counted[t, j], j * CONTEXTS, counts, cost, shift, start, enc, log, vals, nbs,
+                        streams[j], nsym - nsym // RAW_MARGIN,
                     )
                     pos = write_varint(out, pos, nsym << 1 | 1 if lengths[j] < 0 else lengths[j] << 1)
                 for j in range(w):
-                    if lengths[j] < 0:  # not smaller coded than raw: the plane's bytes as they are
-                        for k in range(nsym):
-                            out[pos + k] = p8[8 * k + j]
+                    if lengths[j] < 0:  # coding saves too little: the plane's bytes as they are
+                        _raw_plane(store[t], np.uint64(8 * j), out, pos, nsym)
                         pos += nsym
                     else:
                         out[pos : pos + lengths[j]] = streams[j, : lengths[j]]

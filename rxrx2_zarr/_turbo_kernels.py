@@ -191,9 +191,7 @@ def _decode_tile(
     ncoded = 0
     for j in range(w):
         if raw[j]:
-            src = bit0[j] >> 3
-            for k in range(nsym):
-                p8[8 * k + j] = buf[src + k]
+            _deposit(buf, np.uint64(bit0[j] >> 3), pbuf, np.uint64(nsym), np.uint64(8 * j))
         else:
             coded[ncoded] = j
             ncoded += 1
@@ -236,6 +234,14 @@ def _decode_tile(
         z64.view(np.uint8), nb * 8, out.reshape(-1), width, (img * rows + oy) * width + ox, th, tw, pred, above
     )
     return 0
+
+
+@jit
+def _deposit(buf: Any, src: np.uint64, pbuf: Any, nsym: np.uint64, shift: np.uint64) -> None:
+    """A raw plane ``buf[src:src + nsym]`` into byte ``shift / 8`` of the interleaved words ``pbuf`` (one
+    vectorised pass; unsigned indices, so numba adds no wrap-around code)."""
+    for k in range(nsym):
+        pbuf[k] |= np.uint64(buf[src + k]) << shift
 
 
 @jit

@@ -38,10 +38,11 @@ from ._turbo_format import (
     PRED_NONE,
     PRED_UP,
     PRED_UP3,
+    RAW_MARGIN,
     RUN_MAX,
     VERSION,
 )
-from ._turbo_tables import ADVANCE, LOG2, build_tables, normalize_counts
+from ._turbo_tables import ADVANCE, COST, LOG2, build_tables, normalize_counts
 
 __all__ = ["decode_chunk", "encode_chunk"]
 
@@ -239,17 +240,30 @@ def encode_chunk(pixels: U8, th: int, tw: int, pred: int, log: int) -> U8:
     dec = np.zeros((ntables, size), dtype=np.uint32)
     enc = np.zeros((ntables, size), dtype=np.int64)
     build_tables(counts, log, dec, enc, LOG2, ADVANCE)
-    streams = [(s, j * CONTEXTS) for tile in symbols for j, s in enumerate(tile)]
+    # a plane whose estimated cost is about raw's is stored raw without coding it (the kernels' rule)
+    limits = [(rows * -(-cols // 8)) - (rows * -(-cols // 8)) // RAW_MARGIN for _, _, _, rows, cols in tiles]
+    scale = MAX_TABLE_LOG - log
+    streams = [
+        (s, j * CONTEXTS)
+        for tile, limit in zip(symbols, limits, strict=True)
+        for j, s in enumerate(tile)
+        if COST[counts[j * CONTEXTS + _contexts(s), s] << scale].sum() < limit * 8 * 64
+    ]
     vals, nbits, first = _encode_streams(streams, counts, enc, log)
     coded = iter(_pack(vals, nbits, first, log))
     parts: list[bytes] = []
     offsets = [0]
-    for (_, _, _, rows, cols), p, w in zip(tiles, planes, widths, strict=True):
+    for (_, _, _, rows, cols), p, tile_symbols, limit in zip(tiles, planes, symbols, limits, strict=True):
         nsym = rows * -(-cols // 8)
-        body = [next(coded) for _ in range(w)]
-        lengths = [len(b) << 1 if len(b) < nsym else nsym << 1 | 1 for b in body]
-        head = bytes([w]) + b"".join(_varint(v) for v in lengths)
-        tile = head + b"".join(b if len(b) < nsym else p[:nsym, j].tobytes() for j, b in enumerate(body))
+        body = [
+            next(coded) if COST[counts[j * CONTEXTS + _contexts(s), s] << scale].sum() < limit * 8 * 64 else None
+            for j, s in enumerate(tile_symbols)
+        ]
+        lengths = [len(b) << 1 if b is not None and len(b) < limit else nsym << 1 | 1 for b in body]
+        head = bytes([len(body)]) + b"".join(_varint(v) for v in lengths)
+        tile = head + b"".join(
+            b if b is not None and len(b) < limit else p[:nsym, j].tobytes() for j, b in enumerate(body)
+        )
         parts.append(tile)
         offsets.append(offsets[-1] + len(tile))
     table = _write_tables(counts, log)

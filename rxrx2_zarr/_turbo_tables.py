@@ -7,6 +7,7 @@ per-table work (``ALPHABET`` symbols, ``2**table_log`` states, a dozen tables pe
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -21,12 +22,16 @@ from ._turbo_format import (
     RUN_MAX,
 )
 
-__all__ = ["ADVANCE", "LOG2", "build_tables", "normalize_counts"]
+__all__ = ["ADVANCE", "COST", "LOG2", "build_tables", "normalize_counts"]
 
 #: ``LOG2[x] = floor(log2(x))`` for ``1 <= x < 2**(MAX_TABLE_LOG + 1)`` (the sub-states of a table).
 LOG2 = np.zeros(2 << MAX_TABLE_LOG, dtype=np.int64)
 for _x in range(2, LOG2.size):
     LOG2[_x] = LOG2[_x >> 1] + 1
+#: ``COST[c]``: the bits a symbol of count ``c`` in a table of ``2**MAX_TABLE_LOG`` states costs, in 1/64 bit
+#: (``-log2(c / size)``, rounded): the encoder's estimate of a plane stream's size, to store a plane raw without
+#: coding it first. Computed once here, so both implementations use the same integers.
+COST = np.array([0] + [round(-math.log2(c / (1 << MAX_TABLE_LOG)) * 64) for c in range(1, (1 << MAX_TABLE_LOG) + 1)], dtype=np.int64)
 #: Bytes of a plane each symbol covers: 1 for a literal byte (1..255), ``r`` for the run symbol ``255 + r``.
 ADVANCE = np.array([1] * 256 + list(range(1, RUN_MAX + 1)), dtype=np.int64)
 
