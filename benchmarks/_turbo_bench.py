@@ -149,14 +149,45 @@ def _cpu(function: Callable[[], Any]) -> float:
     return time.process_time() - start
 
 
-def _threads(sites: Sequence[Site], threads: int) -> float:
-    """Wall seconds to decode every chunk of ``sites`` with ``threads`` threads (one task per chunk)."""
+def _threads(sites: Sequence[Site], threads: int) -> tuple[float, float]:
+    """Wall seconds to decode every chunk of ``sites`` with ``threads`` threads (one task per chunk), and the CPU
+    seconds the process used meanwhile (CPU / wall near ``threads`` means that many cores were free)."""
     outs = [np.empty_like(s.pixels) for s in sites]
     tasks = [(outs[i], c, data) for i, s in enumerate(sites) for c, data in enumerate(s.turbo)]
     with ThreadPoolExecutor(threads) as pool:
-        start = time.perf_counter()
+        list(pool.map(lambda i: i, range(threads)))  # the workers exist before the clock starts
+        start, cpu = time.perf_counter(), time.process_time()
         list(pool.map(lambda t: _turbo.decode(_body(t[2]), out=t[0][t[1]]), tasks))
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
+
+
+def gil_free_fraction(sites: Sequence[Site], seconds: float = 0.3) -> float:
+    """How fast a pure-Python thread runs while another thread decodes, relative to while it sleeps: near 1 (or
+    0.5 on a single free core) when decoding releases the GIL, near 0 when it holds it."""
+    import threading
+
+    def spin(stop: threading.Event, result: list[float]) -> None:
+        count = 0
+        start = time.perf_counter()
+        while not stop.is_set():
+            count += 1
+        result.append(count / (time.perf_counter() - start))
+
+    rates = []
+    for busy in (False, True):
+        stop, result = threading.Event(), []  # type: ignore[var-annotated]
+        thread = threading.Thread(target=spin, args=(stop, result))
+        thread.start()
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            if busy:
+                _turbo_full(sites[0], np.empty_like(sites[0].pixels))
+            else:
+                time.sleep(0.01)
+        stop.set()
+        thread.join()
+        rates.append(result[0])
+    return rates[1] / rates[0]
 
 
 def _median(values: Sequence[float]) -> float:
@@ -196,8 +227,10 @@ def run(label: str, pngs: Sequence[Sequence[bytes]], rounds: int, log: Callable[
             add("standard_crop_random", _cpu(lambda s=site, o=origin: _standard_crop(s, crop, o, scratch)))
             add("turbo_crop_random", _cpu(lambda s=site, o=origin: _turbo_crop(s, crop, o)))
             add("turbo_encode", _cpu(lambda s=site: _turbo_encode(s)))
-        add("threads_1", _threads(sites, 1))
-        add("threads_2", _threads(sites, 2))
+        for threads in (1, 2):
+            wall, cpu = _threads(sites, threads)
+            add(f"threads_{threads}", wall)
+            add(f"threads_{threads}_cpu", cpu)
     per = len(sites)
     ms = {k: _median(v) * 1e3 for k, v in samples.items() if not k.startswith("threads")}
 
@@ -226,7 +259,9 @@ def run(label: str, pngs: Sequence[Sequence[bytes]], rounds: int, log: Callable[
             "turbo_encode_vs_pillow_decode": ratios("turbo_encode", "pillow"),
             "turbo_encode_vs_imagecodecs_decode": ratios("turbo_encode", "imagecodecs"),
             "threads_1_to_2": ratios("threads_1", "threads_2"),
+            "threads_2_cpu_per_wall": ratios("threads_2_cpu", "threads_2"),
         },
+        "python_thread_speed_while_decoding": gil_free_fraction(sites),
         "rounds": rounds,
     }
     log(_table(result))
@@ -243,7 +278,8 @@ def _table(r: dict[str, Any]) -> str:
         ("256 crop random vs Pillow", f"{s['turbo_crop_random_vs_pillow']:.0f}x (standard {s['standard_crop_random_vs_pillow']:.0f}x)", ">= 50x"),
         ("encode / Pillow decode", f"{s['turbo_encode_vs_pillow_decode']:.2f}", "<= 1"),
         ("encode / imagecodecs decode", f"{s['turbo_encode_vs_imagecodecs_decode']:.2f}", "<= 1"),
-        ("1 -> 2 threads", f"{s['threads_1_to_2']:.2f}x", ">= 1.8x"),
+        ("1 -> 2 threads", f"{s['threads_1_to_2']:.2f}x (CPU/wall with 2: {s['threads_2_cpu_per_wall']:.2f})", ">= 1.8x"),
+        ("Python thread speed while decoding", f"{r['python_thread_speed_while_decoding']:.2f} of idle", "GIL released"),
     ]
     lines = [f"| {r['label']} ({r['backend']}) | measured | target |", "|---|---|---|"]
     lines += [f"| {a} | {m} | {t} |" for a, m, t in rows]

@@ -109,16 +109,31 @@ def build_tables(counts: Any, log: int, decode: Any, encode: Any, log2: Any, adv
             continue
         pos = 0
         cum = 0
+        row = decode[t]
         for s in range(ALPHABET):
             c = counts[t, s]
+            if c == 0:
+                continue
             run = s >= 256
             fixed = (0 if run else s) | ((advance[s] - 1) << ENTRY_ADVANCE_SHIFT)
-            for i in range(c):
-                x = c + i
-                nbits = log - log2[x]
+            # x runs over [c, 2c): nbits is log - floor(log2(c)) up to the next power of two, one less after it
+            nbits = log - log2[c]
+            split = min(2 * c, 1 << (log2[c] + 1))
+            x = c
+            while x < 2 * c:
+                stop = split if x < split else 2 * c
+                if x >= split:
+                    nbits = log - log2[split]
+                part = fixed | (nbits << ENTRY_BITS_SHIFT)
                 base = (x << nbits) - size + (size if run else 0)
-                decode[t, pos] = fixed | (nbits << ENTRY_BITS_SHIFT) | (base << ENTRY_BASE_SHIFT)
-                if with_encode:
+                for _ in range(stop - x):
+                    row[pos] = part | (base << ENTRY_BASE_SHIFT)
+                    base += 1 << nbits
+                    pos = (pos + step) & mask
+                x = stop
+            if with_encode:
+                pos = (pos - c * step) & mask  # the same states again, for the encoder's table
+                for i in range(c):
                     encode[t, cum + i] = size + pos
-                pos = (pos + step) & mask
+                    pos = (pos + step) & mask
             cum += c
