@@ -9,6 +9,7 @@ table and the plots comes from the run that wrote them. Modules:
 * ``_measure``: timers, interleaved latency/throughput, peak-RSS sampler; ``_access``: how each side reads;
 * ``_machine``: machine facts and library versions;
 * workloads: ``_convert_bench`` (convert), ``_storage_bench`` (storage, codecs), ``_reads`` (read_full,
-  read_crop, scan, query), ``_scaling`` (open_scaling, worker_scaling), ``_peers`` (peers);
+  read_crop, scan, query), ``_startup`` (startup), ``_scaling`` (worker_scaling), ``_peers`` (peers),
+  ``_loader`` (loader);
 * ``_report``: targets, JSON, Markdown and plots; ``_suite``: runs it all.
 """

@@ -1,6 +1,6 @@
 """How each side of a comparison reads pixels.
 
-The PNG side is ``rxrx2_zarr._timing.PngSiteReader`` (six files decoded per site, Pillow or imagecodecs), plus the
+The PNG side is ``rxrx2_zarr.testing.PngSiteReader`` (six files decoded per site, Pillow or imagecodecs), plus the
 one-file read of a single channel here. The store side is :class:`StoreSiteReader`: strictly one thread per read,
 so that "1 thread" means the same on both sides. The library's own ``Dataset.site``/``read`` split a single site
 over its read pool (faster on an idle multi-core machine, but not a one-thread figure); the suite reports that
@@ -16,9 +16,9 @@ import imagecodecs
 import numpy as np
 import numpy.typing as npt
 
+from rxrx2_zarr._dataset import open as open_store
 from rxrx2_zarr._paths import parse_site_id
-from rxrx2_zarr._reader import open as open_store
-from rxrx2_zarr._timing import PngSiteReader
+from rxrx2_zarr.testing import PngSiteReader
 
 __all__ = ["PngSiteReader", "StoreSiteReader", "decode_png_bytes", "open_store", "png_channel", "same"]
 
@@ -43,14 +43,14 @@ def png_channel(reader: PngSiteReader, site_id: str, channel: int) -> Pixels:
 
 
 class StoreSiteReader:
-    """Reads sites of an rxrx2-zarr store with one thread per call (``Dataset.read(..., parallel=False)``)."""
+    """Reads sites of an rxrx2-zarr store with one thread per call (``Dataset.read(..., threads=1)``)."""
 
     def __init__(self, url: str) -> None:
         self.dataset = open_store(url)
-        self.path = "one thread (Dataset.read(parallel=False))"
+        self.path = "one thread (Dataset.read(threads=1))"
 
     def read(self, site_id: str, channels: list[int] | None, region: Region | None) -> Pixels:
-        block: Pixels = self.dataset.read([site_id], channels=channels, region=region, parallel=False)[0]
+        block: Pixels = self.dataset.read([site_id], channels=channels, region=region, threads=1)[0]
         return block
 
     def site(self, site_id: str) -> Pixels:

@@ -16,10 +16,10 @@ WORKLOADS: tuple[str, ...] = (
     "query",
     "storage",
     "codecs",
-    "open_scaling",
+    "startup",
     "worker_scaling",
     "peers",
-    "startup",
+    "loader",
 )
 
 #: RxRx2's size: 2 experiments x 12 plates x 1,380 wells, 131,953 sites (synth's full layout gives exactly this).
@@ -46,10 +46,12 @@ class Config:
     """Edge of the random square crops (256 in quick and full)."""
     codec_sites: int
     codec_inner: tuple[int, ...]
-    open_sizes: tuple[int, ...]
+    startup_sizes: tuple[int, ...]
+    """Sites of the metadata-only stores that ``startup`` opens (and ``query`` reads the largest of)."""
     open_repeat: int
-    cold_repeat: int
-    """Fresh processes started per store size to time a first open."""
+    """Rounds of ``query``'s metadata half (open, select) against pandas."""
+    startup_runs: int
+    """Fresh interpreters per store in ``startup`` (medians are reported)."""
     scaling_sites: int
     threads: tuple[int, ...] = (1, 2)
     seed: int = 0
@@ -65,17 +67,17 @@ class Config:
 MODES: dict[str, Config] = {
     "smoke": Config(
         mode="smoke", size=256, experiments=1, plates=1, wells=3, sites=4, read_sites=6, repeat=2, convert_repeat=1,
-        crop=64, codec_sites=1, codec_inner=(64, 128, 256), open_sizes=(100, 1_000), open_repeat=3, cold_repeat=1,
+        crop=64, codec_sites=1, codec_inner=(64, 128, 256), startup_sizes=(100, 1_000), open_repeat=3, startup_runs=3,
         scaling_sites=4,
     ),
     "quick": Config(
         mode="quick", size=1024, experiments=1, plates=1, wells=8, sites=4, read_sites=16, repeat=3, convert_repeat=2,
-        crop=256, codec_sites=3, codec_inner=(256, 512, 1024), open_sizes=(1_000, 10_000), open_repeat=5,
-        cold_repeat=2, scaling_sites=8,
+        crop=256, codec_sites=3, codec_inner=(256, 512, 1024), startup_sizes=(1_000, 10_000), open_repeat=5,
+        startup_runs=5, scaling_sites=8,
     ),
     "full": Config(
         mode="full", size=1024, experiments=1, plates=2, wells=24, sites=4, read_sites=64, repeat=5, convert_repeat=3,
-        crop=256, codec_sites=8, codec_inner=(256, 512, 1024), open_sizes=(1_000, 10_000, FULL_SCALE_SITES),
-        open_repeat=7, cold_repeat=3, scaling_sites=96,
+        crop=256, codec_sites=8, codec_inner=(256, 512, 1024), startup_sizes=(1_000, 10_000, FULL_SCALE_SITES),
+        open_repeat=7, startup_runs=7, scaling_sites=96,
     ),
 }  # fmt: skip

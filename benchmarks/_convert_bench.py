@@ -18,7 +18,7 @@ from rxrx2_zarr._layout import DEFAULT_PROFILE
 from rxrx2_zarr._paths import parse_site_id
 from rxrx2_zarr._png import decode_png
 from rxrx2_zarr._storage import StoreIO
-from rxrx2_zarr._timing import time_throughput
+from rxrx2_zarr.testing import time_throughput
 
 from ._context import Context
 from ._http import serve

@@ -1,4 +1,4 @@
-"""The data every workload runs on, generated with ``rxrx2_zarr._synth`` and cached by parameters.
+"""The data every workload runs on, generated with ``rxrx2_zarr.testing.synth`` and cached by parameters.
 
 * the pixel dataset: an RxRx2-shaped PNG tree (``Config.experiments x plates x wells x sites``, ``size`` pixels);
 * metadata-only trees and ``no_pixels`` stores of 1e3 / 1e4 / 131,953 sites for the open-scaling workload
@@ -26,8 +26,8 @@ from typing import Any
 import pandas as pd
 
 import rxrx2_zarr
+from rxrx2_zarr import synth
 from rxrx2_zarr._convert import ConvertOptions, convert
-from rxrx2_zarr._synth import synth
 
 from ._config import FULL_SCALE_SITES, Config
 from ._measure import log
@@ -35,10 +35,17 @@ from ._measure import log
 __all__ = ["PixelData", "TreeStats", "cached", "metadata_store", "pixel_data", "tree_stats"]
 
 PACKAGE_DIR = Path(rxrx2_zarr.__file__).parent
-SYNTH_MODULES = ("_synth.py", "_paths.py", "_schema.py", "_channels.py")
+SYNTH_MODULES = (
+    *sorted(f"testing/{p.name}" for p in (PACKAGE_DIR / "testing").glob("*.py")),
+    "_paths.py",
+    "_schema.py",
+    "_channels.py",
+)
 #: Modules that only read stores: a change to them does not change what is written, so it keeps the cache.
 READ_ONLY_MODULES = frozenset(
-    {"__init__.py", "_reader.py", "_timing.py", "_render.py", "_verify.py", "_info.py", "_demo.py", "cli.py"}
+    {"__init__.py", "_exports.py", "_dataset.py", "_store.py", "_index.py", "_arrays.py", "_site_reader.py",
+     "_select.py", "_views.py", "_render.py", "_verify.py", "_info.py", "cli.py"}
+    | {"torch.py", "_crops.py", "_targets.py"}
 )
 #: Everything that can change a written store (new modules are included automatically).
 WRITER_MODULES = tuple(sorted(p.name for p in PACKAGE_DIR.glob("*.py") if p.name not in READ_ONLY_MODULES))

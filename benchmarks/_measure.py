@@ -1,4 +1,4 @@
-"""Measurement helpers on top of ``rxrx2_zarr._timing``: interleaved rounds, medians, ratios, peak memory.
+"""Measurement helpers on top of ``rxrx2_zarr.testing``: interleaved rounds, medians, ratios, peak memory.
 
 Both sides of a comparison are measured round by round in turn (A, B, A, B, ...) rather than all of A then all of B,
 so that a burst of load from other processes on a shared machine hits both sides alike.
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from rxrx2_zarr._timing import Timing, time_calls, time_throughput
+from rxrx2_zarr.testing import Timing, time_calls, time_throughput
 
 __all__ = [
     "PeakRSS",

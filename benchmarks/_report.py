@@ -82,24 +82,47 @@ def _convert(results: dict[str, Any]) -> tuple[float | None, str]:
     )
 
 
-def _open(results: dict[str, Any]) -> tuple[float | None, str]:
-    points = get(results, "open_scaling", "points") or []
+def _startup_target(results: dict[str, Any]) -> tuple[float | None, str]:
+    """A fresh interpreter's import + open + ``images`` of the full-scale store (startup's metadata-only row)."""
+    points = [p for p in get(results, "startup", "points") or [] if p.get("store") == "metadata-only"]
     full = [p for p in points if p.get("sites") == FULL_SCALE_SITES]
     if not full:
-        largest = max((p.get("sites", 0) for p in points), default=0)
-        biggest = [p for p in points if p.get("sites") == largest]
+        largest = max(points, key=lambda p: p.get("sites", 0), default=None)
         seen = (
-            f"; at the largest store run ({largest:,} sites): {_num(get(biggest, 0, 'cold_process', 'open_ms'))} ms"
-            if biggest
+            f"; at the largest store run ({largest['sites']:,} sites): {_num(largest.get('to_lazy_array_ms'))} ms"
+            if largest
             else ""
         )
         return None, f"not measured in this mode (full mode only){seen}"
-    cold = get(full, 0, "cold_process", "open_ms")
-    warm = get(full, 0, "open_ms")
+    p = full[0]
+    total = p.get("to_lazy_array_ms")
     return (
-        None if cold is None else cold / 1e3,
-        f"{_num(cold)} ms in a fresh process ({_num(warm)} ms warm), {FULL_SCALE_SITES:,} sites",
+        None if total is None else total / 1e3,
+        f"{_num(total)} ms from import to a lazy array in a fresh process (import {_num(p.get('import_ms'))} + open "
+        f"{_num(p.get('open_ms'))} + images {_num(p.get('images_ms'))} ms, median of {p.get('runs')}), "
+        f"{FULL_SCALE_SITES:,} sites",
     )
+
+
+def _loader_crops(mode: str) -> Callable[[dict[str, Any]], tuple[float | None, str]]:
+    def extract(results: dict[str, Any]) -> tuple[float | None, str]:
+        row = get(results, "loader", "modes", mode, "workers", "2")
+        value = get(row, "speedup", "vs_pillow")
+        crop = get(results, "loader", "crop")
+        store, png = get(row, "store", "samples_per_second"), get(row, "pillow", "samples_per_second")
+        return value, f"{_num(value)}x ({crop}x{crop}: store {_num(store)} vs Pillow {_num(png)} samples/s, 2 workers)"
+
+    return extract
+
+
+def _loader_full(results: dict[str, Any]) -> tuple[float | None, str]:
+    """The loader's full-site ratio over the same store's direct-read ratio (one thread both): >= 1 loses nothing."""
+    loaded = get(results, "loader", "modes", "full", "workers", "0", "speedup", "vs_pillow")
+    direct = get(results, "loader", "modes", "full", "direct_1_thread", "speedup", "vs_pillow")
+    full = get(results, "read_full", "latency_1_thread", "speedup_p50", "vs_pillow")
+    value = None if loaded is None or not direct else loaded / direct
+    seen = f"; read_full on the default store: {_num(full)}x" if full is not None else ""
+    return value, f"{_num(value, 3)} (loader {_num(loaded)}x vs direct reads {_num(direct)}x the Pillow side, 0 workers / 1 thread{seen})"
 
 
 TARGETS: tuple[Target, ...] = (
@@ -108,7 +131,10 @@ TARGETS: tuple[Target, ...] = (
     Target("Random 256x256 crops vs decoding the PNGs (imagecodecs, 1 thread)", ">= 50x", _speedup("read_crop", "crop_all_channels_1_thread", "imagecodecs", "imagecodecs"), lambda v: v >= 50),
     Target("Store bytes vs PNG bytes, default profile", "<= 1.0x", _storage, lambda v: v <= 1.0),
     Target("Conversion vs the decode-only bound", ">= 80%", _convert, lambda v: v >= 0.8),
-    Target("Open at full scale (131,953 sites)", "< 1 s", _open, lambda v: v < 1.0),
+    Target("Loader: random crops vs the Pillow PNG loader", ">= 50x", _loader_crops("random"), lambda v: v >= 50),
+    Target("Loader: crops aligned to the inner chunks vs the Pillow PNG loader", ">= 50x", _loader_crops("aligned"), lambda v: v >= 50),
+    Target("Loader: full sites vs Pillow, over the direct-read ratio", ">= 1.0", _loader_full, lambda v: v >= 1.0),
+    Target("Open at full scale (131,953 sites): import to a lazy array", "< 1 s", _startup_target, lambda v: v < 1.0),
 )  # fmt: skip
 
 
@@ -360,28 +386,6 @@ def _section_codecs(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def _section_open(r: dict[str, Any]) -> list[str]:
-    o = r["open_scaling"]
-    rows = [[p["sites"], p["open_ms"], p["images_graph_ms"], p["select_ms"], p["cold_process"]["open_ms"], p["cold_process"]["images_graph_ms"],
-             p["cold_process"]["import_ms"]] for p in o["points"]]  # fmt: skip
-    return [
-        *_table(
-            [
-                "sites",
-                "open ms",
-                "images graph ms",
-                "select ms",
-                "cold open ms",
-                "cold graph ms",
-                "cold imports ms",
-            ],
-            rows,
-        ),
-        o["notes"],
-        "",
-    ]
-
-
 def _section_workers(r: dict[str, Any]) -> list[str]:
     w = r["worker_scaling"]
     rows = []
@@ -458,28 +462,52 @@ def _section_peers(r: dict[str, Any]) -> list[str]:
 
 def _section_startup(r: dict[str, Any]) -> list[str]:
     s = r["startup"]
-    steps = ("import", "open", "select", "images", "images_again", "first_site", "first_block", "total")
-    rows = [[p["sites"], p["store"], *(p[f"{step}_ms"] for step in steps), p["graph_layers"], p["materialized_layers"]]
+    steps = ("import", "open", "select", "images", "images_again", "first_site", "first_block", "to_lazy_array",
+             "to_first_pixels", "open_again")  # fmt: skip
+    rows = [[p["sites"], p["store"], *(p[f"{step}_ms"] for step in steps), p["materialized_layers"]]
             for p in s["points"]]  # fmt: skip
+    lines = _table(
+        ["sites", "store", "import ms", "open ms", "select ms", "images ms", "2nd graph ms", "site() ms",
+         "images[0] ms", "to lazy array ms", "to first pixels ms", "open again ms", "materialized layers"],
+        rows,
+    )  # fmt: skip
+    cpu_steps = ("import", "open", "images", "first_site", "to_lazy_array", "to_first_pixels", "open_again")
+    lines += ["CPU time of the same steps (ms, medians):", ""]
+    lines += _table(
+        ["sites", "store", *(f"{step.replace('_', ' ')}" for step in cpu_steps)],
+        [[p["sites"], p["store"], *(p.get(f"{step}_cpu_ms") for step in cpu_steps)] for p in s["points"]],
+    )
+    for p in s["points"]:
+        if "requests_per_run" in p:
+            counts = ", ".join(f"{n} {method}" for method, n in sorted(p["requests_per_run"].items()))
+            lines += [f"Requests to S3 in one run ({p['store']}): {counts}, {p['objects_read']} distinct objects.", ""]
+    loads = [p["load_average"] for p in s["points"] if p.get("load_average")]
+    if loads:
+        lines += [f"Load average (1 min) before/after each row: {', '.join(f'{a[0]}/{b[0]}' for a, b in loads if a and b)}.", ""]
+    return [*lines, s["notes"], ""]
+
+
+def _section_loader(r: dict[str, Any]) -> list[str]:
+    lo = r["loader"]
+    tv = lo["torchvision"]
+    sides = [s for s in ("store", "pillow", "torchvision") if s in lo["modes"]["full"]["workers"]["0"]]
+    rows = []
+    for mode, m in lo["modes"].items():
+        blocks = [*m["workers"].items(), *([("direct", m["direct_1_thread"])] if "direct_1_thread" in m else [])]
+        for workers, row in blocks:
+            rss = " / ".join(",".join(_num(v, 0) for v in row[s].get("peak_rss_mb_per_worker", [])) or "-" for s in sides)
+            rows.append([mode, workers, *(row[s]["samples_per_second"] for s in sides),
+                         *(f"{_num(row['speedup'].get(f'vs_{s}'))}x" for s in sides[1:]), rss])  # fmt: skip
+    header = ["crop", "workers", *(f"{s} samples/s" for s in sides), *(f"store vs {s}" for s in sides[1:])]
+    header.append(f"peak RSS MB per worker ({' / '.join(sides)})")
     return [
-        *_table(
-            [
-                "sites",
-                "store",
-                "import ms",
-                "open ms",
-                "select ms",
-                "images ms",
-                "2nd graph ms",
-                "site() ms",
-                "images[0] ms",
-                "total ms",
-                "layers",
-                "materialized",
-            ],
-            rows,
-        ),
-        s["notes"],
+        f"{lo['samples_per_pass']} samples per pass in batches of {lo['batch_size']}, {lo['sites']} sites; store: profile "
+        f"`{lo['profile']}`, inner chunks {lo['inner_chunks']}; crops {lo['crop']} x {lo['crop']}; workers start by "
+        f"{lo['start_method']}; torch {lo['torch']}; torchvision.io.decode_png: "
+        + ("measured." if tv["available"] else f"unavailable ({tv['reason']})."),
+        "",
+        *_table(header, rows),
+        lo["notes"],
         "",
     ]
 
@@ -492,10 +520,10 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "query": ("5. Query then read", _section_query),
     "storage": ("6. Storage", _section_storage),
     "codecs": ("7. Codec matrix", _section_codecs),
-    "open_scaling": ("8. Scaling with data: open and graph construction", _section_open),
+    "startup": ("8. Startup and scaling with data: from import to a lazy array and the first pixels", _section_startup),
     "worker_scaling": ("9. Scaling with workers", _section_workers),
     "peers": ("10. Peers on the same data", _section_peers),
-    "startup": ("11. Startup: from import to a lazy array and the first pixels", _section_startup),
+    "loader": ("11. Training loader: torch DataLoader over the store vs over the PNGs", _section_loader),
 }
 
 
@@ -629,28 +657,31 @@ def _plot_reads(results: dict[str, Any], plt: Any, out: Path) -> Path | None:
     return path
 
 
-def _plot_open(results: dict[str, Any], plt: Any, out: Path) -> Path | None:
-    points = get(results, "open_scaling", "points")
+def _plot_startup(results: dict[str, Any], plt: Any, out: Path) -> Path | None:
+    points = [p for p in get(results, "startup", "points") or [] if p.get("store") == "metadata-only"]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = [p["sites"] for p in points]
-    for label, values in (
-        ("open (warm)", [p["open_ms"] for p in points]),
-        ("open (fresh process)", [p["cold_process"]["open_ms"] for p in points]),
-        ("images graph", [p["images_graph_ms"] for p in points]),
-        ("select(treatment)", [p["select_ms"] for p in points]),
+    for label, step in (
+        ("import to a lazy array", "to_lazy_array"),
+        ("open (fresh process)", "open"),
+        ("open again (same process)", "open_again"),
+        ("images (imports dask)", "images"),
+        ("images again (graph alone)", "images_again"),
+        ("select(treatment)", "select"),
+        ("import rxrx2_zarr", "import"),
     ):
-        ax.plot(x, values, marker="o", label=label)
+        ax.plot(x, [max(p[f"{step}_ms"], 0.01) for p in points], marker="o", label=label)
     ax.axhline(1000, color="red", ls="--", lw=0.8, label="1 s target")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("sites in store")
-    ax.set_ylabel("ms")
-    ax.set_title("Open and graph construction vs number of sites")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("sites in store (metadata-only)")
+    ax.set_ylabel("ms (median of fresh interpreters)")
+    ax.set_title("Startup vs number of sites")
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "open_scaling.png"
+    path = out / "startup.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -715,7 +746,7 @@ def write_plots(results: dict[str, Any], out: Path) -> tuple[list[str], list[str
     import matplotlib.pyplot as plt
 
     names, errors = [], []
-    for plot in (_plot_codecs, _plot_reads, _plot_storage, _plot_open, _plot_workers):
+    for plot in (_plot_codecs, _plot_reads, _plot_storage, _plot_startup, _plot_workers):
         try:
             path = plot(results, plt, out)
         except Exception as exc:  # noqa: BLE001 - one broken plot must not lose the others or the tables

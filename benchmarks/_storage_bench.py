@@ -13,7 +13,7 @@ from rxrx2_zarr._layout import DEFAULT_PROFILE, LEVEL, PROFILES, SHARD_KEY, Site
 from rxrx2_zarr._paths import parse_site_id
 from rxrx2_zarr._shard import ShardCodec
 from rxrx2_zarr._storage import StoreIO
-from rxrx2_zarr._timing import time_calls
+from rxrx2_zarr.testing import time_calls
 
 from ._access import decode_png_bytes
 from ._context import Context

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import _convert_bench, _peers, _reads, _scaling, _storage_bench
+from . import _convert_bench, _loader, _peers, _reads, _scaling, _startup, _storage_bench
 from ._config import WORKLOADS, Config
 from ._context import Context
 from ._data import metadata_store, pixel_data, tree_stats
@@ -33,10 +33,10 @@ RUNNERS: tuple[tuple[str, Callable[[Context], dict[str, Any]]], ...] = (
     ("read_crop", _reads.run_crop),
     ("scan", _reads.run_scan),
     ("query", _reads.run_query),
-    ("open_scaling", _scaling.run_open),
     ("worker_scaling", _scaling.run_workers),
     ("peers", _peers.run),
-    ("startup", _scaling.run_startup),
+    ("startup", _startup.run_startup),
+    ("loader", _loader.run),
 )
 assert sorted(k for k, _ in RUNNERS) == sorted(WORKLOADS)
 
@@ -72,11 +72,11 @@ def run(
         "prepare_seconds": round(data.seconds, 2),
     }
     ctx = Context(config=config, out=out, work=work, cache=cache, data=data)
-    if only is None or bool(only & {"open_scaling", "query", "startup"}):
-        for n in config.open_sizes:
+    if only is None or bool(only & {"query", "startup"}):
+        for n in config.startup_sizes:
             try:
                 tree, store, hit = metadata_store(n, cache)
-            except Exception:  # noqa: BLE001 - recorded; open_scaling reports the gap
+            except Exception:  # noqa: BLE001 - recorded; startup reports the gap
                 meta.setdefault("data_errors", []).append(traceback.format_exc())
                 continue
             ctx.metadata_stores[n] = (tree, store)
@@ -92,7 +92,7 @@ def run(
         log(f"workload {key}")
         t0 = time.perf_counter()
         try:
-            if key in ("open_scaling", "startup") and not ctx.metadata_stores:
+            if key == "startup" and not ctx.metadata_stores:
                 raise RuntimeError("no metadata-only store could be built (see meta.data_errors)")
             result = runner(ctx)
         except Exception:  # noqa: BLE001 - one failing workload must not lose the others

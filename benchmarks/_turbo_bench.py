@@ -47,8 +47,8 @@ import numpy as np
 import numpy.typing as npt
 
 from rxrx2_zarr import _turbo
-from rxrx2_zarr._shard import zstd_compress
-from rxrx2_zarr._synth import PNG_LEVEL, PNG_STRATEGY
+from rxrx2_zarr._codec_table import zstd_compress
+from rxrx2_zarr.testing._synth import PNG_LEVEL, PNG_STRATEGY
 
 from ._frontier import _imagecodecs_png, _pillow, find_sites
 from ._machine import command_line, library_versions, load_average, machine_info

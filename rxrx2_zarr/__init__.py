@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._exports import lazy_exports
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
     from ._convert import ConvertOptions, ConvertReport, convert
+    from ._dataset import Dataset, open
     from ._errors import (
         ChunkReadError,
         ImageError,
@@ -20,15 +22,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         StoreFormatError,
         StoreLockedError,
         StoreWriteError,
+        TransferError,
     )
     from ._info import InfoReport, info
     from ._layout import PROFILES, CodecProfile, SiteArraySpec
     from ._paths import ImageKey, SiteKey, WellAddress, parse_image_path, parse_site_id, parse_well_id
-    from ._reader import Dataset, open
-    from ._render import to_rgb
+    from ._render import render_rgb
     from ._schema import load_embeddings, load_metadata
-    from ._synth import SynthReport, synth
     from ._verify import VerifyReport, verify
+    from .testing import SynthReport, synth
 
 __all__ = [
     "PROFILES",
@@ -53,6 +55,7 @@ __all__ = [
     "StoreLockedError",
     "StoreWriteError",
     "SynthReport",
+    "TransferError",
     "VerifyReport",
     "WellAddress",
     "convert",
@@ -63,8 +66,8 @@ __all__ = [
     "parse_image_path",
     "parse_site_id",
     "parse_well_id",
+    "render_rgb",
     "synth",
-    "to_rgb",
     "verify",
 ]
 
@@ -75,7 +78,7 @@ _EXPORTS: dict[str, str] = {
     "CodecProfile": "._layout",
     "ConvertOptions": "._convert",
     "ConvertReport": "._convert",
-    "Dataset": "._reader",
+    "Dataset": "._dataset",
     "ImageError": "._errors",
     "ImageKey": "._paths",
     "InfoReport": "._info",
@@ -92,31 +95,22 @@ _EXPORTS: dict[str, str] = {
     "StoreFormatError": "._errors",
     "StoreLockedError": "._errors",
     "StoreWriteError": "._errors",
-    "SynthReport": "._synth",
+    "SynthReport": ".testing",
+    "TransferError": "._errors",
     "VerifyReport": "._verify",
     "WellAddress": "._paths",
     "convert": "._convert",
     "info": "._info",
     "load_embeddings": "._schema",
     "load_metadata": "._schema",
-    "open": "._reader",
+    "open": "._dataset",
     "parse_image_path": "._paths",
     "parse_site_id": "._paths",
     "parse_well_id": "._paths",
-    "synth": "._synth",
-    "to_rgb": "._render",
+    "render_rgb": "._render",
+    "synth": ".testing",
     "verify": "._verify",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # resolved once: later look-ups do not come back here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__, globals())

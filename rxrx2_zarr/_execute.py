@@ -1,4 +1,4 @@
-"""Running one task per site on Dask: local threads, a local process cluster, or an existing cluster.
+"""Running one task per site: threads in this process, or on Dask: a local process cluster or an existing cluster.
 
 Results are handed to ``on_result`` as tasks finish, in the calling thread, so the caller can drive a progress
 bar and collect results without locks, the same way whatever runs the tasks. Tasks must be idempotent:
@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -37,7 +38,7 @@ WINDOW = 1024
 @dataclass(frozen=True)
 class ExecutionConfig:
     """Where tasks run: ``scheduler`` (address of a running Dask scheduler), else a local cluster of ``workers``
-    processes when ``processes``, else ``workers`` threads in this process (Dask's threaded scheduler)."""
+    processes when ``processes``, else ``workers`` threads in this process."""
 
     workers: int = 1
     processes: bool = False
@@ -120,24 +121,22 @@ def run_tasks(
 def _run_threads(
     function: Callable[[T], R], items: Sequence[T], config: ExecutionConfig, on_result: Callable[[R], None]
 ) -> None:
-    import dask.callbacks
-    from dask.threaded import get
-
-    keys = {f"site-{i}" for i in range(len(items))}
-    callbacks: Any = (
-        dask.callbacks
-    )  # Callback is unannotated: typed as Any so subclassing and calling it type-check
-
-    class _Results(callbacks.Callback):  # type: ignore[misc]
-        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-            if key in keys:
-                on_result(result)
-
-    graph: dict[str, Any] = {f"site-{i}": (function, item) for i, item in enumerate(items)}
-    with _Results():
-        # Results are small (a checksum and byte counts), so holding them all until the end is fine; the
-        # pixels of a site live only inside its task, which bounds memory by the number of threads.
-        get(graph, list(graph), num_workers=config.workers)
+    """``config.workers`` threads in this process. A few tasks per thread are queued at a time, so that a failing
+    task stops the run after the tasks already running (no write starts after the caller has seen the error), and
+    the pixels of a site live only inside its task, which bounds memory by the number of threads."""
+    queue = iter(items)
+    with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rxrx2-task") as pool:
+        pending = {pool.submit(function, item) for item in itertools.islice(queue, 2 * config.workers)}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    on_result(future.result())
+                    pending.update(pool.submit(function, item) for item in itertools.islice(queue, 1))
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
 
 
 @dataclass(frozen=True)

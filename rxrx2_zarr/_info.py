@@ -8,9 +8,11 @@ from typing import Any
 
 import pandas as pd
 
+from ._dataset import open as open_store
+from ._json import report_json
 from ._layout import LEVEL, SHARD_KEY, THUMBNAIL_LEVEL
-from ._reader import open as open_store
 from ._storage import StoreIO
+from ._text import count, problem_lines
 from ._verify import _root_attrs
 
 __all__ = ["InfoReport", "info"]
@@ -18,6 +20,8 @@ __all__ = ["InfoReport", "info"]
 
 @dataclass(frozen=True)
 class InfoReport:
+    """What ``info`` found: the root attributes, sites per plate, and the objects and bytes of the store."""
+
     url: str
     attrs: Mapping[str, Any]
     per_plate: pd.DataFrame
@@ -38,24 +42,9 @@ class InfoReport:
         return pixels / self.source_png_bytes if self.source_png_bytes else float("nan")
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "complete": self.attrs.get("complete"),
-            "pixels": self.attrs.get("pixels"),
-            "counts": self.attrs.get("counts"),
-            "options": self.attrs.get("options"),
-            "plates": self.per_plate.to_dict(orient="records"),
-            "objects": self.objects,
-            "bytes_on_disk": self.bytes_on_disk,
-            "shard_objects": self.shard_objects,
-            "shard_bytes": self.shard_bytes,
-            "thumbnail_bytes": self.thumbnail_bytes,
-            "readers": self.attrs.get("readers"),
-            "source_png_bytes": self.source_png_bytes,
-            "source_png_files": self.attrs.get("source", {}).get("png_files"),
-            "ratio_to_png": None if self.ratio != self.ratio else self.ratio,
-            "skipped": self.attrs.get("skipped", []),
-        }
+        """The report's fields (``per_plate`` as a list of rows), ``source_png_bytes`` and ``ratio`` as a
+        JSON-ready document (``rxrx2-zarr info --json``)."""
+        return report_json(self, source_png_bytes=self.source_png_bytes, ratio=self.ratio)
 
     def summary(self) -> str:
         counts = self.attrs.get("counts", {})
@@ -64,37 +53,38 @@ class InfoReport:
             f"{self.url}: rxrx2-zarr layout {self.attrs.get('layout_version')}, "
             f"{'complete' if self.attrs.get('complete') else 'INCOMPLETE (run convert --resume)'}"
             f"{'' if self.attrs.get('pixels', True) else ', no pixels'}",
-            f"  {_count(counts.get('sites', 0), 'site')}, {_count(counts.get('wells', 0), 'well')}, "
-            f"{_count(counts.get('plates', 0), 'plate')}, {_count(counts.get('experiments', 0), 'experiment')}; "
+            f"  {count(counts.get('sites', 0), 'site')}, {count(counts.get('wells', 0), 'well')}, "
+            f"{count(counts.get('plates', 0), 'plate')}, {count(counts.get('experiments', 0), 'experiment')}; "
             f"sites {options.get('height')}x{options.get('width')} x 6 channels",
             f"  profile {options.get('profile')} (level {options.get('level')}), inner chunks {options.get('inner_chunks')}, "
             f"embeddings {counts.get('embedding_dim', 0)}-dim ({counts.get('embeddings_missing', 0)} missing)",
-            f"  on disk: {self.bytes_on_disk / 1e6:,.1f} MB in {self.objects:,} objects "
-            f"({self.shard_objects:,} site shards, {self.shard_bytes / 1e6:,.1f} MB; thumbnails "
+            f"  on disk: {self.bytes_on_disk / 1e6:,.1f} MB in {count(self.objects, 'object')} "
+            f"({count(self.shard_objects, 'site shard')}, {self.shard_bytes / 1e6:,.1f} MB; thumbnails "
             f"{self.thumbnail_bytes / 1e6:,.2f} MB)",
             f"  readable by: {self.attrs.get('readers') or 'rxrx2-zarr'}",
         ]
         if self.source_png_bytes:
             files = self.attrs.get("source", {}).get("png_files", 0)
             lines.append(
-                f"  source: {self.source_png_bytes / 1e6:,.1f} MB in {files:,} PNG files; shards and thumbnails are {self.ratio:.3f}x "
+                f"  source: {self.source_png_bytes / 1e6:,.1f} MB in {count(files, 'PNG file')}; shards and thumbnails are {self.ratio:.3f}x "
                 f"the PNG bytes, {files / max(self.shard_objects, 1):.1f} PNG files per stored object"
             )
-        if self.attrs.get("skipped"):
-            lines.append(f"  skipped at conversion: {len(self.attrs['skipped'])} site(s)")
+        skipped = self.attrs.get("skipped") or []
+        if skipped:
+            lines.append(f"  skipped at conversion: {count(len(skipped), 'site')}")
+            lines.extend(problem_lines([f"{s.get('site_id')}: {s.get('reason')}" for s in skipped], prefix="    "))
         lines.append("  per plate:")
-        lines.extend(
-            f"    {r.experiment} plate {r.plate}: {r.wells} wells, {r.sites} sites, {r.empty_sites} EMPTY sites"
-            for r in self.per_plate.itertuples()
-        )
+        for r in self.per_plate.to_dict(orient="records"):
+            lines.append(
+                f"    {r['experiment']} plate {r['plate']}: {count(int(r['wells']), 'well')}, "
+                f"{count(int(r['sites']), 'site')}, {count(int(r['empty_sites']), 'EMPTY site')}"
+            )
         return "\n".join(lines)
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
 def info(url: str, storage_options: Mapping[str, Any] | None = None) -> InfoReport:
+    """What the store at ``url`` holds (counts per experiment and plate), its objects and bytes, and how they
+    compare with the source it was converted from."""
     store = StoreIO(url, storage_options)
     attrs = _root_attrs(store)
     if attrs.get("complete"):

@@ -3,30 +3,33 @@
 Hierarchy (OME-NGFF 0.5 high-content screening, one plate group per RxRx2 plate)::
 
     <root>/zarr.json                       group, attributes {"rxrx2": root attributes}
-    <root>/index/<column>                  1-D arrays, one per metadata column, plus path and checksum
+    <root>/index.parquet                   the index as one Parquet object (what ``open`` reads)
+    <root>/index/<column>                  the same index as 1-D arrays, one per column (for Zarr and xarray)
     <root>/embeddings                      float32 (n_sites, K), aligned with the index
-    <root>/<experiment>/                   group {"rxrx2": {experiment, cell_type}}
+    <root>/<experiment>/                   group {"rxrx2": {experiment, cell_type, ...}}
     <root>/<experiment>/Plate<p>/          NGFF plate {"ome": {"plate": ...}, "rxrx2": {...}}
     <root>/<experiment>/Plate<p>/<row>/    row group (letters, e.g. "AA")
     <root>/<experiment>/Plate<p>/<row>/<column>/           NGFF well (column "02")
-    <root>/<experiment>/Plate<p>/<row>/<column>/<site>/    NGFF image (field), {"rxrx2": {site_id, checksum}}
+    <root>/<experiment>/Plate<p>/<row>/<column>/<site>/    NGFF image (field), {"rxrx2": {site_id, checksums}}
     <root>/<experiment>/Plate<p>/<row>/<column>/<site>/0   (c, y, x) uint8 array, one shard = one object
+    <root>/<experiment>/Plate<p>/<row>/<column>/<site>/1   its thumbnail level, one chunk
 
 The index order is fixed: experiment, plate, well row, well column, site (all ascending; experiments by name).
+The attributes of each node are typed in ``_attrs.py``; the documents are built in ``_hierarchy.py``.
 """
-
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
-from ._channels import CHANNEL_SPECS
+from ._codec_table import ALLOWED_CODECS, CORE_READERS, CRC32C, profile_entries
 from ._columns import METADATA_COLUMNS, STRING_COLUMNS
-from ._paths import CHANNELS, GRID_COLUMNS, GRID_ROWS, SiteKey, WellAddress
+from ._paths import CHANNELS, SiteKey
 
 __all__ = [
+    "ALLOWED_CODECS",
     "DEFAULT_INNER_CHUNKS",
     "DEFAULT_PROFILE",
     "INDEX_COLUMNS",
@@ -47,7 +50,7 @@ __all__ = [
 LAYOUT_VERSION = 2
 #: Layouts that ``rxrx2-zarr transcode`` can read (to rewrite them as the current layout).
 TRANSCODABLE_LAYOUTS = frozenset({1, 2})
-NGFF_VERSION = "0.5"
+NGFF_VERSION: Final = "0.5"
 #: The resolution levels of every site image (NGFF multiscales dataset paths): full resolution, and a thumbnail
 #: level that viewers (napari-ome-zarr's plate view) load instead of millions of full-resolution pixels per well.
 LEVEL = "0"
@@ -83,23 +86,16 @@ MIN_INNER_CHUNK = 16
 DEFAULT_PROFILE = "standard"
 # Sanity bound for site sizes (RxRx2: 1024); anything larger is almost certainly a corrupt header.
 MAX_SITE_EDGE = 16384
-#: The codecs of the Zarr v3 core specification: a store made only of these opens in every Zarr v3 reader
-#: (zarr-python alone, tensorstore, zarrita.js, ngff-zarr, napari-ome-zarr).
-CORE_CODECS = frozenset({"bytes", "zstd", "blosc", "crc32c", "gzip", "transpose", "sharding_indexed"})
-#: zstd encoder parameters that python-zstandard accepts (``zstandard.ZstdCompressionParameters``).
-ZSTD_PARAMETERS = frozenset(
-    {"window_log", "chain_log", "hash_log", "search_log", "min_match", "target_length", "strategy"}
-)
-
-
 @dataclass(frozen=True)
 class CodecProfile:
     """A lossless codec chain for the inner chunks of a site shard, always closed by a ``crc32c`` codec.
 
-    ``blosc`` and ``zstd`` are Zarr v3 core codecs; ``pcodec`` is numcodecs' PCodec (``numcodecs.pcodec``, the
-    ``pcodec`` package) behind ``numcodecs.astype`` to uint16, because pcodec refuses 8-bit input; ``predictor``
-    puts this package's ``rxrx2.vpredict`` codec first. ``zstd_parameters`` tune zstd's encoder (the frames stay
-    standard zstd frames, which every decoder reads); ``inner_chunks`` is the profile's default inner chunk shape.
+    ``compressor`` and ``filters`` name entries of the codec table (``_codec_table.CODECS``), which builds the
+    chain's JSON, checks the settings and says who can read it: ``zstd`` and ``blosc`` are Zarr v3 core codecs;
+    ``pcodec`` is numcodecs' PCodec behind ``numcodecs.astype`` to uint16; the filter ``rxrx2.vpredict`` is this
+    package's predictor. ``cname`` and ``shuffle`` are Blosc's settings; ``zstd_parameters`` tune zstd's encoder
+    (the frames stay standard zstd frames, which every decoder reads); ``inner_chunks`` is the profile's default
+    inner chunk shape.
     """
 
     name: str
@@ -108,29 +104,15 @@ class CodecProfile:
     level: int
     cname: str = "zstd"
     shuffle: str = "noshuffle"
-    predictor: bool = False
+    filters: tuple[str, ...] = ()
     inner_chunks: tuple[int, int] = (256, 256)
     zstd_parameters: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.predictor and self.compressor == "pcodec":
-            raise ValueError(f"profile {self.name}: the predictor works in front of blosc or zstd only")
-        if self.compressor not in ("blosc", "zstd", "pcodec"):
-            raise ValueError(f"profile {self.name}: unknown compressor {self.compressor!r}")
-        if self.compressor == "blosc":
-            if self.cname not in ("lz4", "lz4hc", "zstd", "zlib", "blosclz"):
-                raise ValueError(f"profile {self.name}: unknown blosc cname {self.cname!r}")
-            if self.shuffle not in ("noshuffle", "shuffle", "bitshuffle"):
-                raise ValueError(f"profile {self.name}: unknown blosc shuffle {self.shuffle!r}")
-            if not 0 <= self.level <= 9:
-                raise ValueError(f"profile {self.name}: blosc clevel must be 0..9, got {self.level}")
-        elif self.compressor == "zstd" and not -7 <= self.level <= 22:
-            raise ValueError(f"profile {self.name}: zstd level must be -7..22, got {self.level}")
-        elif self.compressor == "pcodec" and not 0 <= self.level <= 12:
-            raise ValueError(f"profile {self.name}: pcodec level must be 0..12, got {self.level}")
-        unknown = [k for k, _ in self.zstd_parameters if k not in ZSTD_PARAMETERS]
-        if unknown or (self.zstd_parameters and self.compressor != "zstd"):
-            raise ValueError(f"profile {self.name}: zstd parameters {unknown or dict(self.zstd_parameters)} not valid here")
+        for entry in profile_entries(self):  # raises for unknown names
+            problem = entry.check(self)
+            if problem is not None:
+                raise ValueError(f"profile {self.name}: {problem}")
 
     def with_level(self, level: int | None) -> CodecProfile:
         """The same profile at another compression level (``--level``); custom encoder parameters are dropped,
@@ -141,43 +123,18 @@ class CodecProfile:
 
     def inner_codecs(self) -> list[dict[str, Any]]:
         """The inner-chunk codec chain as Zarr v3 JSON (exactly what zarr-python writes for the same codecs)."""
-        checksum = {"name": "crc32c"}
-        if self.compressor == "pcodec":
-            return [
-                {"name": "numcodecs.astype", "configuration": {"encode_dtype": "uint16", "decode_dtype": "uint8"}},
-                {"name": "numcodecs.pcodec", "configuration": {"level": self.level}},
-                checksum,
-            ]
-        prefix: list[dict[str, Any]] = [{"name": "rxrx2.vpredict"}] if self.predictor else []
-        if self.compressor == "blosc":
-            compressor: dict[str, Any] = {
-                "name": "blosc",
-                "configuration": {
-                    "typesize": 1,
-                    "cname": self.cname,
-                    "clevel": self.level,
-                    "shuffle": self.shuffle,
-                    "blocksize": 0,
-                },
-            }
-        else:
-            compressor = {"name": "zstd", "configuration": {"level": self.level, "checksum": False}}
-        return [*prefix, {"name": "bytes", "configuration": {"endian": "little"}}, compressor, checksum]
+        return [part for entry in profile_entries(self) for part in entry.to_json(self)] + [dict(CRC32C)]
 
     @property
     def standard(self) -> bool:
         """True when the chain has only Zarr v3 core codecs (the store opens in every Zarr v3 reader)."""
-        names = {c["name"] for c in self.inner_codecs()}
-        return names <= CORE_CODECS
+        return all(entry.core for entry in profile_entries(self))
 
     @property
     def readers(self) -> str:
         """Which readers decode this profile's pixels (recorded in the root attributes and shown by ``info``)."""
-        if self.standard:
-            return "any Zarr v3 reader (core codecs only: zarr-python, tensorstore, zarrita.js, napari-ome-zarr, ngff-zarr)"
-        if self.predictor:
-            return "zarr-python with rxrx2-zarr installed (codec rxrx2.vpredict), or rxrx2-zarr"
-        return "zarr-python with numcodecs and pcodec installed, or rxrx2-zarr"
+        special = list(dict.fromkeys(entry.readers for entry in profile_entries(self) if not entry.core))
+        return "; ".join(special) if special else CORE_READERS
 
 
 #: The codec profiles, chosen by measurement (README, "Codec profiles"; ``python -m benchmarks``, workloads
@@ -215,26 +172,11 @@ PROFILES: Mapping[str, CodecProfile] = {
             1,
             "zstd",
             "bitshuffle",
-            predictor=True,
+            filters=("rxrx2.vpredict",),
         ),
     )
 }
 DEFAULT_INNER_CHUNKS = PROFILES[DEFAULT_PROFILE].inner_chunks
-
-#: Every codec name a store written by this package may contain (the reader refuses any other).
-ALLOWED_CODECS = frozenset(
-    {
-        "sharding_indexed",
-        "bytes",
-        "crc32c",
-        "blosc",
-        "zstd",
-        "numcodecs.astype",
-        "numcodecs.pcodec",
-        "rxrx2.vpredict",
-        "vlen-utf8",
-    }
-)
 
 
 def _thumbnail_edge(edge: int) -> int:
@@ -359,12 +301,9 @@ class SiteArraySpec:
         )
 
 
-#: The thumbnail chunk's codec chain (Zarr v3 core codecs).
-THUMBNAIL_CODECS: list[dict[str, Any]] = [
-    {"name": "bytes", "configuration": {"endian": "little"}},
-    {"name": "zstd", "configuration": {"level": THUMBNAIL_ZSTD_LEVEL, "checksum": False}},
-    {"name": "crc32c"},
-]
+#: The thumbnail chunk's codec chain (Zarr v3 core codecs, whatever the site's profile).
+THUMBNAIL_PROFILE = CodecProfile("thumbnail", "the thumbnail level's one chunk", "zstd", THUMBNAIL_ZSTD_LEVEL)
+THUMBNAIL_CODECS: list[dict[str, Any]] = THUMBNAIL_PROFILE.inner_codecs()
 
 
 def _array_document(shape: Sequence[int], chunks: Sequence[int], codecs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -394,8 +333,6 @@ class SitePaths:
     site: str
     array: str
     shard: str
-    thumbnail_array: str
-    thumbnail_chunk: str
 
 
 def plate_name(plate: int) -> str:
@@ -410,132 +347,4 @@ def site_paths(key: SiteKey) -> SitePaths:
     well = f"{row}/{key.well.column_name}"
     site = f"{well}/{key.site}"
     array = f"{site}/{LEVEL}"
-    thumbnail = f"{site}/{THUMBNAIL_LEVEL}"
-    return SitePaths(experiment, plate, row, well, site, array, f"{array}/{SHARD_KEY}", thumbnail, f"{thumbnail}/{SHARD_KEY}")
-
-
-# --- attribute documents (pure functions of the metadata) --------------------------------------------------------
-
-
-def omero_metadata() -> dict[str, Any]:
-    return {
-        "channels": [
-            {
-                "label": spec.label,
-                "color": spec.hex_color,
-                "active": True,
-                "coefficient": 1.0,
-                "family": "linear",
-                "inverted": False,
-                "window": {"start": spec.window[0], "end": spec.window[1], "min": 0, "max": 255},
-            }
-            for spec in CHANNEL_SPECS
-        ],
-        "rdefs": {"model": "color", "defaultT": 0, "defaultZ": 0},
-    }
-
-
-def plate_title(experiment: str, plate: int) -> str:
-    """A plate's display name (``HUVEC-1 plate 3``): the NGFF plate's name and every site image's name."""
-    return f"{experiment} plate {plate}"
-
-
-def image_attributes(spec: SiteArraySpec, name: str) -> dict[str, Any]:
-    """NGFF 0.5 ``multiscales`` + ``omero`` for a site image group."""
-    space_axis: dict[str, Any] = {"type": "space"}
-    scale = 1.0
-    if spec.pixel_size is not None:
-        space_axis["unit"] = "micrometer"
-        scale = spec.pixel_size
-    thumb = scale * THUMBNAIL_FACTOR
-    shift = scale * (THUMBNAIL_FACTOR - 1) / 2
-    return {
-        "version": NGFF_VERSION,
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [{"name": "c", "type": "channel"}, {"name": "y", **space_axis}, {"name": "x", **space_axis}],
-                "datasets": [
-                    {"path": LEVEL, "coordinateTransformations": [{"type": "scale", "scale": [1.0, scale, scale]}]},
-                    {
-                        "path": THUMBNAIL_LEVEL,
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [1.0, thumb, thumb]},
-                            # a thumbnail pixel is the mean of a block: its centre is the block's centre
-                            {"type": "translation", "translation": [0.0, shift, shift]},
-                        ],
-                    },
-                ],
-            }
-        ],
-        "omero": omero_metadata(),
-    }
-
-
-def plate_attributes(name: str, wells: Sequence[WellAddress], field_count: int) -> dict[str, Any]:
-    """NGFF 0.5 ``plate``: every row and column of the physical 1536-well plate, and the wells present."""
-    return {
-        "version": NGFF_VERSION,
-        "plate": {
-            "name": name,
-            "rows": [{"name": r} for r in GRID_ROWS],
-            "columns": [{"name": c} for c in GRID_COLUMNS],
-            "wells": [
-                {"path": f"{w.row}/{w.column_name}", "rowIndex": w.row_index, "columnIndex": w.column_index}
-                for w in sorted(wells, key=lambda w: (w.row_index, w.column))
-            ],
-            "field_count": field_count,
-        },
-    }
-
-
-def well_attributes(sites: Sequence[int]) -> dict[str, Any]:
-    return {"version": NGFF_VERSION, "well": {"images": [{"path": str(s)} for s in sorted(sites)]}}
-
-
-def group_document(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    return {"zarr_format": 3, "node_type": "group", "attributes": dict(attributes)}
-
-
-@dataclass(frozen=True)
-class RootAttributes:
-    """What the root group records (under ``rxrx2``). ``complete`` turns true only when conversion finished."""
-
-    options: Mapping[str, Any]
-    source: Mapping[str, Any]
-    counts: Mapping[str, Any] = field(default_factory=dict)
-    versions: Mapping[str, str] = field(default_factory=dict)
-    pixels: bool = True
-    complete: bool = False
-    skipped: Sequence[Mapping[str, str]] = ()
-    index_checksum: int | None = None
-    """CRC32C of the ``index.parquet`` object (known once it is written, at the end of a conversion)."""
-    readers: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "layout_version": LAYOUT_VERSION,
-            "format": "rxrx2-zarr",
-            "complete": self.complete,
-            "pixels": self.pixels,
-            "channels": [
-                {"number": s.number, "label": s.label, "rgb": list(s.rgb), "window": list(s.window)}
-                for s in CHANNEL_SPECS
-            ],
-            "checksum": CHECKSUM_ALGORITHM,
-            "index": {
-                "group": INDEX_GROUP,
-                "parquet": INDEX_PARQUET,
-                "parquet_crc32c": self.index_checksum,
-                "columns": list(INDEX_COLUMNS),
-                "order": ["experiment", "plate", "row", "column", "site"],
-            },
-            "levels": {LEVEL: 1, THUMBNAIL_LEVEL: THUMBNAIL_FACTOR},
-            "readers": self.readers,
-            "embeddings": EMBEDDINGS_ARRAY,
-            "counts": dict(self.counts),
-            "source": dict(self.source),
-            "options": dict(self.options),
-            "versions": dict(self.versions),
-            "skipped": [dict(s) for s in self.skipped],
-        }
+    return SitePaths(experiment, plate, row, well, site, array, f"{array}/{SHARD_KEY}")

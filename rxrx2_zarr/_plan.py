@@ -10,6 +10,7 @@ size or kind in an unsampled header) fails at its site. Planning never writes an
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -19,7 +20,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from ._errors import ImageError, MetadataError, PathGrammarError, SourceError
-from ._layout import site_paths
+from ._layout import SHARD_KEY, THUMBNAIL_LEVEL, site_paths
 from ._paths import CHANNELS, SiteKey, WellAddress, parse_image_path
 from ._png import HEADER_BYTES, PngHeader, check_header, max_file_bytes, read_png_header
 from ._schema import (
@@ -30,10 +31,11 @@ from ._schema import (
     validate_metadata,
 )
 from ._source import Source, SourceIO, resolve_source
+from ._text import MAX_LISTED, count, problem_lines
 
 __all__ = ["ConversionPlan", "SiteItem", "Skip", "make_plan"]
 
-MAX_LISTED = 20
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ class SiteItem:
     source_stem: str
     """The site's PNG paths without the channel number and suffix (``images/HUVEC-1/Plate1/AA02_s2_w``): six
     full paths per site would be the largest part of a million-site plan."""
+
+    @property
+    def thumbnail(self) -> str:
+        """The key of the site's thumbnail chunk (the one chunk of its level-1 array)."""
+        return f"{self.group}/{THUMBNAIL_LEVEL}/{SHARD_KEY}"
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -141,7 +148,50 @@ def make_plan(
     raw_frame, lines, raw_bytes = _read_text_frame(src, metadata_name)
     metadata = validate_metadata(raw_frame, source=metadata_name, lines=lines)
     _check_well_consistency(metadata, metadata_name)
+    selected = _select(metadata, metadata_name, experiments, plates, limit)
+    keys = _site_keys(selected)
+    warnings: list[str] = []
+    if need_pixels:
+        images = _check_images(src, src_url, metadata, metadata_name, keys, on_error, warnings)
+    else:
+        images = _Images(_image_size_or_default(src, keys), keys, {}, (), 0)
+    if images.skipped:
+        selected = selected[~selected["site_id"].isin([s.site_id for s in images.skipped])].reset_index(drop=True)
+    embeddings, features, missing_embeddings = _embeddings(src, metadata, selected, on_error, warnings)
+    items = tuple(
+        SiteItem(i, k.site_id, k.site, p.site, p.array, p.shard, k.image_stem)
+        for i, (k, p) in enumerate((k, site_paths(k)) for k in images.keys)
+    )
+    for warning in warnings:
+        _log.warning("%s: %s", src_url, warning)
+    _log.info("%s: %s planned, %s skipped", src_url, count(len(items), "site"), count(len(images.skipped), "site"))
+    return ConversionPlan(
+        src=src_url,
+        sites=selected.assign(path=[item.array for item in items]),
+        items=items,
+        size=images.size,
+        embeddings=embeddings,
+        embedding_features=features,
+        metadata_file=metadata_name,
+        metadata_sha256=hashlib.sha256(raw_bytes).hexdigest(),
+        png_bytes=images.png_sizes,
+        skipped=images.skipped,
+        extra_files=images.extra_files,
+        embeddings_missing=missing_embeddings,
+        warnings=tuple(warnings),
+        source=source,
+        sizes_known=src.sizes_known or not need_pixels,
+    )
 
+
+def _select(
+    metadata: pd.DataFrame,
+    metadata_name: str,
+    experiments: Sequence[str] | None,
+    plates: Sequence[int] | None,
+    limit: int | None,
+) -> pd.DataFrame:
+    """The selected rows, in store order."""
     selected = metadata
     if experiments:
         unknown = sorted(set(experiments) - set(metadata["experiment"]))
@@ -157,132 +207,144 @@ def make_plan(
         selected = selected.iloc[:limit].reset_index(drop=True)
     if selected.empty:
         raise MetadataError(f"{metadata_name}: the selection (experiments={experiments}, plates={plates}) has no sites")
+    return selected
 
-    skipped: list[Skip] = []
-    warnings: list[str] = []
-    png_sizes: dict[str, int] = {}
-    extra_files = 0
+
+def _site_keys(selected: pd.DataFrame) -> list[SiteKey]:
     wells: dict[str, WellAddress] = {}
-    keys = [
+    return [
         SiteKey(e, int(p), wells.get(w) or wells.setdefault(w, WellAddress.parse(w)), int(s))
         for e, p, w, s in zip(
             *(selected[c].tolist() for c in ("experiment", "plate", "well", "site")), strict=True
         )  # lists: iterating Arrow-backed columns element by element is several times slower
     ]
-    if need_pixels:
-        typed_listing = src.find_typed("images")
-        listing = {key: size for key, (size, _) in typed_listing.items()}
-        special = {key: kind for key, (_, kind) in typed_listing.items() if kind is not None}
-        if not listing:
-            raise SourceError(
-                f"{src_url}: no files under images/ (expected images/<experiment>/Plate<plate>/<well>_s<site>_w<channel>.png)"
-            )
-        all_site_ids = set(metadata["site_id"])
-        orphans: list[str] = []
-        for name in listing:
-            try:
-                image = parse_image_path(name)
-            except PathGrammarError:
-                extra_files += 1  # not an RxRx2 image name: ignored, counted
-                continue
-            if image.channel not in CHANNELS:
-                extra_files += 1
-                continue
-            if image.site_key.site_id not in all_site_ids:
-                orphans.append(name)
-        if orphans:
-            message = f"{len(orphans)} image(s) have no row in {metadata_name}, e.g. " + ", ".join(sorted(orphans)[:MAX_LISTED])
-            if on_error == "fail":
-                raise SourceError(f"{src_url}: {message}")
-            warnings.append(message)
-        problems: dict[str, list[str]] = {}  # site_id -> what is wrong, in plan order
-        for key in keys:
-            for path in key.image_paths():
-                if path in special:  # a FIFO would block the converter forever: refused without opening it
-                    problems.setdefault(key.site_id, []).append(
-                        f"{path}: is {special[path]}, not a regular file; refusing to read it"
-                    )
-                elif path in listing:
-                    png_sizes[path] = listing[path]
-                else:
-                    problems.setdefault(key.site_id, []).append(f"missing image {path}")
-        complete = [k for k in keys if k.site_id not in problems]
-        if not complete:
-            _raise_site_problems(src_url, problems, "no site of the selection has all six images")
-        size = _image_size(src, [k.image_paths()[0] for k in complete])
-        # File sizes come with the listing, so these checks are free: a file too short to hold a PNG header, or
-        # too large to be a PNG of this size (it would be read into memory whole), fails before any pixel.
-        # HTTP listings have no sizes: there the bytes read are checked, site by site.
-        largest = max_file_bytes(size)
-        for key in complete if src.sizes_known else ():
-            for path in key.image_paths():
-                nbytes = png_sizes[path]
-                if nbytes < HEADER_BYTES:
-                    problems.setdefault(key.site_id, []).append(f"{path}: truncated PNG ({nbytes} bytes)")
-                elif nbytes > largest:
-                    problems.setdefault(key.site_id, []).append(
-                        f"{path}: {nbytes} bytes, more than any {size[1]}x{size[0]} 8-bit PNG can take ({largest})"
-                    )
-        if problems:
-            if on_error == "fail":
-                _raise_site_problems(src_url, problems, None)
-            skipped.extend(Skip(k.site_id, "; ".join(problems[k.site_id])) for k in keys if k.site_id in problems)
-            dropped = {p for k in keys if k.site_id in problems for p in k.image_paths()}
-            png_sizes = {p: n for p, n in png_sizes.items() if p not in dropped}
-            keep = ~selected["site_id"].isin(list(problems))
-            selected = selected[keep].reset_index(drop=True)
-            keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
-            if not keys:
-                _raise_site_problems(src_url, problems, "no site of the selection is usable")
-    else:
-        size = _image_size_or_default(src, keys)
 
-    embeddings, features, missing_embeddings = _embeddings(src, metadata, selected, on_error, warnings)
-    items = tuple(
-        SiteItem(i, k.site_id, k.site, p.site, p.array, p.shard, k.image_stem)
-        for i, (k, p) in enumerate((k, site_paths(k)) for k in keys)
-    )
-    selected = selected.assign(path=[item.array for item in items])
-    return ConversionPlan(
-        src=src_url,
-        sites=selected,
-        items=items,
-        size=size,
-        embeddings=embeddings,
-        embedding_features=features,
-        metadata_file=metadata_name,
-        metadata_sha256=hashlib.sha256(raw_bytes).hexdigest(),
-        png_bytes=png_sizes,
-        skipped=tuple(skipped),
-        extra_files=extra_files,
-        embeddings_missing=missing_embeddings,
-        warnings=tuple(warnings),
-        source=source,
-        sizes_known=src.sizes_known or not need_pixels,
-    )
+
+@dataclass(frozen=True)
+class _Images:
+    """What the image listing and a few headers say: the image size, the sites kept (in store order) with their
+    files' sizes, the sites skipped and why, and how many files are not RxRx2 images."""
+
+    size: tuple[int, int]
+    keys: list[SiteKey]
+    png_sizes: dict[str, int]
+    skipped: tuple[Skip, ...]
+    extra_files: int
+
+
+def _check_images(
+    src: SourceIO,
+    src_url: str,
+    metadata: pd.DataFrame,
+    metadata_name: str,
+    keys: list[SiteKey],
+    on_error: str,
+    warnings: list[str],
+) -> _Images:
+    """Every selected site has its six images, as regular files of plausible sizes; no image lacks a metadata row
+    (``on_error="skip"``: such sites are skipped, such images a warning)."""
+    typed_listing = src.find_typed("images")
+    listing = {key: size for key, (size, _) in typed_listing.items()}
+    special = {key: kind for key, (_, kind) in typed_listing.items() if kind is not None}
+    if not listing:
+        raise SourceError(
+            f"{src_url}: no files under images/ (expected images/<experiment>/Plate<plate>/<well>_s<site>_w<channel>.png)"
+        )
+    extra_files, orphans = _unexpected_images(listing, set(metadata["site_id"]))
+    if orphans:
+        message = f"{count(len(orphans), 'image')} with no row in {metadata_name}, e.g. " + ", ".join(sorted(orphans)[:MAX_LISTED])
+        if on_error == "fail":
+            raise SourceError(f"{src_url}: {message}")
+        warnings.append(message)
+    problems: dict[str, list[str]] = {}  # site_id -> what is wrong, in plan order
+    png_sizes = _site_files(keys, listing, special, problems)
+    complete = [k for k in keys if k.site_id not in problems]
+    if not complete:
+        _raise_site_problems(src_url, problems, "no site of the selection has all six images")
+    size = _image_size(src, [k.image_paths()[0] for k in complete])
+    if src.sizes_known:  # HTTP listings have no sizes: there the bytes read are checked, site by site
+        _check_file_sizes(complete, png_sizes, size, problems)
+    if not problems:
+        return _Images(size, keys, png_sizes, (), extra_files)
+    if on_error == "fail":
+        _raise_site_problems(src_url, problems, None)
+    kept = [k for k in keys if k.site_id not in problems]
+    if not kept:
+        _raise_site_problems(src_url, problems, "no site of the selection is usable")
+    skipped = tuple(Skip(k.site_id, "; ".join(problems[k.site_id])) for k in keys if k.site_id in problems)
+    dropped = {p for k in keys if k.site_id in problems for p in k.image_paths()}
+    return _Images(size, kept, {p: n for p, n in png_sizes.items() if p not in dropped}, skipped, extra_files)
+
+
+def _unexpected_images(listing: Mapping[str, int], site_ids: set[str]) -> tuple[int, list[str]]:
+    """How many listed files are not RxRx2 image names (ignored, counted), and the images of no metadata row."""
+    extra_files = 0
+    orphans: list[str] = []
+    for name in listing:
+        try:
+            image = parse_image_path(name)
+        except PathGrammarError:
+            extra_files += 1
+            continue
+        if image.channel not in CHANNELS:
+            extra_files += 1
+        elif image.site_key.site_id not in site_ids:
+            orphans.append(name)
+    return extra_files, orphans
+
+
+def _site_files(
+    keys: Sequence[SiteKey], listing: Mapping[str, int], special: Mapping[str, str], problems: dict[str, list[str]]
+) -> dict[str, int]:
+    """The listed size of every image of the sites; a missing image, or one that is not a regular file (a FIFO
+    would block the converter forever: refused without opening it), is a problem of its site."""
+    png_sizes: dict[str, int] = {}
+    for key in keys:
+        for path in key.image_paths():
+            if path in special:
+                problems.setdefault(key.site_id, []).append(f"{path}: is {special[path]}, not a regular file; refusing to read it")
+            elif path in listing:
+                png_sizes[path] = listing[path]
+            else:
+                problems.setdefault(key.site_id, []).append(f"missing image {path}")
+    return png_sizes
+
+
+def _check_file_sizes(
+    keys: Sequence[SiteKey], png_sizes: Mapping[str, int], size: tuple[int, int], problems: dict[str, list[str]]
+) -> None:
+    """File sizes come with the listing, so these checks are free: a file too short to hold a PNG header, or too
+    large to be a PNG of this size (it would be read into memory whole), fails before any pixel."""
+    largest = max_file_bytes(size)
+    for key in keys:
+        for path in key.image_paths():
+            nbytes = png_sizes[path]
+            if nbytes < HEADER_BYTES:
+                problems.setdefault(key.site_id, []).append(f"{path}: truncated PNG ({nbytes} bytes)")
+            elif nbytes > largest:
+                problems.setdefault(key.site_id, []).append(
+                    f"{path}: {nbytes} bytes, more than any {size[1]}x{size[0]} 8-bit PNG can take ({largest})"
+                )
 
 
 def _check_well_consistency(metadata: pd.DataFrame, source: str) -> None:
     """A well holds one treatment at one concentration; an experiment one cell type."""
-    problems = []
+    per_experiment = metadata.groupby("experiment")["cell_type"].nunique()
+    problems = [f"experiment {experiment!r}: more than one cell_type" for experiment in per_experiment.index[per_experiment > 1]]
     # built-in aggregations only (no Python callback per group): linear in the rows
     per_well = metadata.assign(_conc=metadata["treatment_conc"].fillna(-1.0)).groupby("well_id", sort=False).agg(
         treatments=("treatment", "nunique"), concs=("_conc", "nunique")
     )
     disagree = list(per_well.index[(per_well["treatments"] > 1) | (per_well["concs"] > 1)])
-    if len(disagree) > MAX_LISTED:
-        problems.append(f"{len(disagree)} wells whose sites disagree on treatment/treatment_conc, e.g.")
-    listed = metadata[metadata["well_id"].isin(disagree[:MAX_LISTED])]
+    listed = metadata[metadata["well_id"].isin(disagree[:MAX_LISTED])]  # only the wells a message can list
     for well_id, rows in listed.groupby("well_id", sort=False):
         problems.append(
             f"well_id {well_id!r}: sites disagree on treatment/treatment_conc "
             f"({sorted(set(zip(rows['treatment'], rows['treatment_conc'].astype(str), strict=True)))})"
         )
-    per_experiment = metadata.groupby("experiment")["cell_type"].nunique()
-    for experiment in per_experiment.index[per_experiment > 1]:
-        problems.append(f"experiment {experiment!r}: more than one cell_type")
+    total = len(problems) + len(disagree) - min(len(disagree), MAX_LISTED)
     if problems:
-        raise MetadataError(f"{source}: " + "; ".join(problems[: MAX_LISTED + 2]))
+        raise MetadataError(f"{source}: {count(total, 'problem')}:\n" + "\n".join(problem_lines(problems, total=total)))
 
 
 #: How many sites' first image headers decide the dataset's image size (a majority vote, so that one odd image
@@ -292,11 +354,11 @@ SIZE_SAMPLE = 9
 
 def _raise_site_problems(src_url: str, problems: Mapping[str, Sequence[str]], headline: str | None) -> NoReturn:
     lines = [f"{site_id}: {what}" for site_id, whats in problems.items() for what in whats]
-    listed = "\n  ".join(lines[:MAX_LISTED])
-    more = f"\n  ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
     missing = sum(what.startswith("missing image") for whats in problems.values() for what in whats)
-    head = headline or (f"{missing} image(s) missing" if missing == len(lines) else f"{len(lines)} problem(s) with source images")
-    raise SourceError(f"{src_url}: {head}:\n  {listed}{more}")
+    head = headline or (
+        f"{count(missing, 'image')} missing" if missing == len(lines) else f"{count(len(lines), 'problem')} with source images"
+    )
+    raise SourceError(f"{src_url}: {head}:\n" + "\n".join(problem_lines(lines)))
 
 
 def _image_size(src: SourceIO, paths: Sequence[str]) -> tuple[int, int]:
@@ -340,10 +402,10 @@ def _embeddings(
     table = parse_embeddings(src.read(name), name)
     aligned = align_embeddings(table, selected["site_id"].tolist(), metadata["site_id"].tolist())
     if aligned.unknown:
-        message = f"{name}: {len(aligned.unknown)} site_id(s) not in the metadata, e.g. {list(aligned.unknown[:MAX_LISTED])}"
+        message = f"{name}: {count(len(aligned.unknown), 'site_id')} not in the metadata, e.g. {list(aligned.unknown[:MAX_LISTED])}"
         if on_error == "fail":
             raise MetadataError(message)
         warnings.append(message)
     if aligned.missing:
-        warnings.append(f"{name}: {len(aligned.missing)} site(s) have no embedding (NaN rows)")
+        warnings.append(f"{name}: {count(len(aligned.missing), 'site')} without an embedding (NaN rows)")
     return aligned.matrix, table.feature_names, len(aligned.missing)

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from ._errors import ImageError
 from ._layout import MAX_SITE_EDGE
+from ._text import count
 
 __all__ = ["HEADER_BYTES", "MAX_EDGE", "PngHeader", "check_header", "decode_png", "max_file_bytes", "read_png_header"]
 
@@ -120,7 +121,7 @@ def decode_png(
             # libpng stops reading once it has the pixels, so a file cut after its image data would otherwise pass
             raise ImageError(f"{name}: truncated PNG (it does not end with an IEND chunk; {len(data)} bytes)")
         if notes is not None:
-            notes.append(f"{name}: {len(data) - end:,} trailing byte(s) after the IEND chunk ignored (pixels intact)")
+            notes.append(f"{name}: {count(len(data) - end, 'trailing byte')} after the IEND chunk ignored (pixels intact)")
         data = data[:end]
     try:
         pixels = imagecodecs.png_decode(data)

@@ -26,9 +26,9 @@ from ._paths import CHANNELS
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ._reader import Dataset
+    from ._dataset import Dataset
 
-__all__ = ["montage", "render_planes", "show", "to_rgb"]
+__all__ = ["montage", "render_planes", "render_rgb", "show"]
 
 RGB = npt.NDArray[np.uint8]
 _SPECS: Mapping[int, ChannelSpec] = {spec.number: spec for spec in CHANNEL_SPECS}
@@ -64,8 +64,10 @@ def render_planes(planes: npt.ArrayLike, channels: Sequence[int], vmax: float = 
     return np.clip(total, 0, 255).astype(np.uint8)
 
 
-def to_rgb(pixels: npt.ArrayLike, channels: Sequence[int] = CHANNELS, vmax: float = 255.0) -> RGB:
-    """Recursion's RGB rendering of a site (6, H, W) -> (H, W, 3) uint8, or of sites (n, 6, H, W) -> (n, H, W, 3).
+def render_rgb(pixels: npt.ArrayLike, channels: Sequence[int] = CHANNELS, vmax: float = 255.0) -> RGB:
+    """Recursion's RGB rendering of pixels: a site (6, H, W) -> (H, W, 3) uint8, or sites (n, 6, H, W) -> (n, H, W, 3).
+
+    Pixels in, RGB out; ``Dataset.to_rgb(site_ids)`` reads sites of a store by id and renders them the same way.
 
     ``channels`` (numbers 1..6) chooses which channels contribute. Pixels holding only some channels are accepted
     too when they hold exactly ``len(channels)`` planes, in the order of ``channels`` (as ``Dataset.read(...,
@@ -166,7 +168,7 @@ def show(
 
     With both, the site_ids must belong to the selection. At most ``max_sites`` tiles are drawn.
     """
-    from ._reader import open as open_store
+    from ._dataset import open as open_store
 
     if max_sites < 1:
         raise ValueError(f"max_sites must be at least 1, got {max_sites}")

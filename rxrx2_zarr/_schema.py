@@ -20,6 +20,7 @@ from . import _fs
 from ._columns import INTEGER_COLUMNS, METADATA_COLUMNS, STRING_COLUMNS
 from ._errors import MetadataError, PathGrammarError, SourceError
 from ._paths import INT32_MAX, WellAddress, check_experiment
+from ._text import MAX_LISTED, count, problem_lines
 
 __all__ = [
     "EMBEDDINGS_NAMES",
@@ -38,8 +39,6 @@ __all__ = [
 #: Accepted file names, current name first.
 METADATA_NAMES = ("metadata.csv", "rxrx2-metadata.csv")
 EMBEDDINGS_NAMES = ("embeddings.csv", "rxrx2-embeddings.csv")
-#: How many problems one error message lists before summarising the rest.
-MAX_LISTED = 20
 # Text values end up in JSON attributes and (experiment, well) in Zarr keys: refuse what could escape a path or
 # confuse a reader. Treatments such as "LPS_EK" or "IL-1-beta" are fine.
 _UNSAFE_TEXT = re.compile(r"[/\\\x00-\x1f\x7f]|^\.\.?$|\.\.")
@@ -107,10 +106,8 @@ class _Problems:
     def raise_if_any(self, source: str) -> None:
         if not self.total:
             return
-        listed = "\n  ".join(self.listed)
-        hidden = self.total - len(self.listed)
-        more = f"\n  ... and {hidden} more" if hidden else ""
-        raise MetadataError(f"{source}: {self.total} problem(s):\n  {listed}{more}")
+        lines = problem_lines(self.listed, total=self.total)
+        raise MetadataError(f"{source}: {count(self.total, 'problem')}:\n" + "\n".join(lines))
 
 
 def _data_lines(raw: bytes) -> npt.NDArray[np.int64]:
@@ -199,7 +196,24 @@ def validate_metadata(
     rows (:func:`read_metadata_csv`), for messages. Raises :class:`MetadataError` listing the problems found. Every
     check is vectorised or runs once per distinct value: linear in the number of rows.
     """
-    columns = [str(c) for c in raw.columns]
+    _check_columns([str(c) for c in raw.columns], source)
+    frame = raw.astype(str).reset_index(drop=True)
+    if lines is not None and len(lines) != len(frame):
+        raise ValueError(f"lines has {len(lines)} entries for {len(frame)} rows")
+    rows = _Rows(frame, lines, _Problems())
+    _check_text(rows)
+    typed, number_ok = _integers(rows)
+    typed["treatment_conc"] = _concentrations(rows)
+    _check_ids(rows, typed, number_ok)
+    _check_duplicates(rows)
+    rows.problems.raise_if_any(source)
+    out = pd.DataFrame({c: frame[c] for c in METADATA_COLUMNS})
+    for column, values in typed.items():
+        out[column] = values
+    return out
+
+
+def _check_columns(columns: Sequence[str], source: str) -> None:
     missing = [c for c in METADATA_COLUMNS if c not in columns]
     extra = [c for c in columns if c not in METADATA_COLUMNS]
     if missing or extra:
@@ -210,20 +224,36 @@ def validate_metadata(
             parts.append(f"unexpected column(s) {extra}")
         raise MetadataError(f"{source}: {'; '.join(parts)}; expected exactly {list(METADATA_COLUMNS)}")
     if tuple(columns) != METADATA_COLUMNS:
-        raise MetadataError(f"{source}: columns in the wrong order {columns}; expected {list(METADATA_COLUMNS)}")
-    frame = raw.astype(str).reset_index(drop=True)
-    if lines is not None and len(lines) != len(frame):
-        raise ValueError(f"lines has {len(lines)} entries for {len(frame)} rows")
-    problems = _Problems()
+        raise MetadataError(f"{source}: columns in the wrong order {list(columns)}; expected {list(METADATA_COLUMNS)}")
 
-    def where(i: int) -> str:
-        return _where(frame, i, lines)
 
+@dataclass(frozen=True)
+class _Rows:
+    """The text frame being validated, its CSV line numbers, and the problems found so far."""
+
+    frame: pd.DataFrame
+    lines: npt.NDArray[np.int64] | None
+    problems: _Problems
+
+    def where(self, i: int) -> str:
+        return _where(self.frame, i, self.lines)
+
+    def line(self, i: int) -> str:
+        return f"line {_line(i, self.lines)}"
+
+
+def _check_text(rows: _Rows) -> None:
     for column in STRING_COLUMNS:
-        values = frame[column]
+        values = rows.frame[column]
         bad = (values.str.len().eq(0) | values.str.contains(_UNSAFE_TEXT, regex=True)).to_numpy()
-        problems.add_rows(bad, lambda i, c=column, v=values: f"{where(i)}: column {c!r}: unsafe or empty value {v.iloc[i]!r}")
+        rows.problems.add_rows(
+            bad, lambda i, c=column, v=values: f"{rows.where(i)}: column {c!r}: unsafe or empty value {v.iloc[i]!r}"
+        )
 
+
+def _integers(rows: _Rows) -> tuple[dict[str, Any], dict[str, npt.NDArray[np.bool_]]]:
+    """The integer columns, typed (0 where invalid), and where each is valid."""
+    frame = rows.frame
     typed: dict[str, Any] = {}
     number_ok: dict[str, npt.NDArray[np.bool_]] = {}
     for column in INTEGER_COLUMNS:
@@ -232,61 +262,67 @@ def validate_metadata(
         digits = text.str.fullmatch(r"[0-9]+") & text.str.lstrip("0").str.len().le(10)
         numbers = pd.to_numeric(text.where(digits, "0")).astype("int64")
         ok = (digits & numbers.between(1, INT32_MAX)).to_numpy()
-        problems.add_rows(
+        rows.problems.add_rows(
             ~ok,
-            lambda i, c=column: f"{where(i)}: column {c!r}: not a positive integer: {frame[c].iloc[i]!r} "
+            lambda i, c=column: f"{rows.where(i)}: column {c!r}: not a positive integer: {frame[c].iloc[i]!r} "
             f"(expected 1..{INT32_MAX})",
         )
         typed[column] = numbers.where(ok, 0).astype("int64")
         number_ok[column] = ok
+    return typed, number_ok
 
-    conc_text = frame["treatment_conc"].str.strip()
-    conc = pd.to_numeric(conc_text.where(conc_text != "", None), errors="coerce").astype("float64")
+
+def _concentrations(rows: _Rows) -> pd.Series:
+    """treatment_conc as float64, blank as NaN (the EMPTY controls); anything else must be a number >= 0."""
+    text = rows.frame["treatment_conc"].str.strip()
+    conc = pd.to_numeric(text.where(text != "", None), errors="coerce").astype("float64")
     filled = conc.fillna(0.0).to_numpy()
-    bad_conc = (conc_text != "").to_numpy() & (conc.isna().to_numpy() | ~np.isfinite(filled) | (filled < 0))
-    problems.add_rows(
-        bad_conc,
-        lambda i: f"{where(i)}: column 'treatment_conc': not a non-negative number: {frame['treatment_conc'].iloc[i]!r}",
+    bad = (text != "").to_numpy() & (conc.isna().to_numpy() | ~np.isfinite(filled) | (filled < 0))
+    rows.problems.add_rows(
+        bad,
+        lambda i: f"{rows.where(i)}: column 'treatment_conc': not a non-negative number: "
+        f"{rows.frame['treatment_conc'].iloc[i]!r}",
     )
-    typed["treatment_conc"] = conc
+    return conc
 
-    # Per-row grammar: experiment and well become Zarr keys (checked once per distinct value); ids must agree with
-    # the columns they are built from (compared as whole columns).
+
+def _check_ids(rows: _Rows, typed: Mapping[str, Any], number_ok: Mapping[str, npt.NDArray[np.bool_]]) -> None:
+    """Per-row grammar: experiment and well become Zarr keys (checked once per distinct value); ids must agree with
+    the columns they are built from (compared as whole columns)."""
+    frame = rows.frame
     bad_experiment, experiment_errors = _grammar_errors(frame["experiment"], check_experiment)
     bad_well, well_errors = _grammar_errors(frame["well"], WellAddress.parse)
-    problems.add_rows(bad_experiment, lambda i: f"{where(i)}: column 'experiment': {experiment_errors[i]}")
-    problems.add_rows(~bad_experiment & bad_well, lambda i: f"{where(i)}: column 'well': {well_errors[i]}")
+    rows.problems.add_rows(bad_experiment, lambda i: f"{rows.where(i)}: column 'experiment': {experiment_errors[i]}")
+    rows.problems.add_rows(~bad_experiment & bad_well, lambda i: f"{rows.where(i)}: column 'well': {well_errors[i]}")
     comparable = ~bad_experiment & ~bad_well & number_ok["plate"] & number_ok["site"]
     expected_well_ids = frame["experiment"] + "_" + typed["plate"].astype(str) + "_" + frame["well"]
     expected_site_ids = expected_well_ids + "_" + typed["site"].astype(str)
     well_ids, site_ids = frame["well_id"], frame["site_id"]
-    problems.add_rows(
+    rows.problems.add_rows(
         comparable & (well_ids != expected_well_ids).to_numpy(),
-        lambda i: f"{where(i)}: column 'well_id': {well_ids.iloc[i]!r} does not match experiment, plate and well "
+        lambda i: f"{rows.where(i)}: column 'well_id': {well_ids.iloc[i]!r} does not match experiment, plate and well "
         f"(expected {expected_well_ids.iloc[i]!r})",
     )
-    problems.add_rows(
+    rows.problems.add_rows(
         comparable & (site_ids != expected_site_ids).to_numpy(),
-        lambda i: f"line {_line(i, lines)}: column 'site_id': {site_ids.iloc[i]!r} does not match experiment, plate, "
+        lambda i: f"{rows.line(i)}: column 'site_id': {site_ids.iloc[i]!r} does not match experiment, plate, "
         f"well and site (expected {expected_site_ids.iloc[i]!r})",
     )
 
-    duplicated = site_ids.duplicated(keep="first").to_numpy()
-    if duplicated.any():
-        codes, _ = pd.factorize(site_ids)
-        # codes number the distinct ids in order of first appearance, so their first positions come out in order
-        _, first_position = np.unique(codes, return_index=True)
-        problems.add_rows(
-            duplicated,
-            lambda i: f"line {_line(i, lines)}: column 'site_id': duplicate site_id {site_ids.iloc[i]!r} "
-            f"(first on line {_line(int(first_position[codes[i]]), lines)})",
-        )
-    problems.raise_if_any(source)
 
-    out = pd.DataFrame({c: frame[c] for c in METADATA_COLUMNS})
-    for column, values in typed.items():
-        out[column] = values
-    return out
+def _check_duplicates(rows: _Rows) -> None:
+    site_ids = rows.frame["site_id"]
+    duplicated = site_ids.duplicated(keep="first").to_numpy()
+    if not duplicated.any():
+        return
+    codes, _ = pd.factorize(site_ids)
+    # codes number the distinct ids in order of first appearance, so their first positions come out in order
+    _, first_position = np.unique(codes, return_index=True)
+    rows.problems.add_rows(
+        duplicated,
+        lambda i: f"{rows.line(i)}: column 'site_id': duplicate site_id {site_ids.iloc[i]!r} "
+        f"(first on {rows.line(int(first_position[codes[i]]))})",
+    )
 
 
 @dataclass(frozen=True)

@@ -11,104 +11,28 @@ directions), so the store stays a standard Zarr v3 store.
 
 from __future__ import annotations
 
-import struct
-import threading
+import functools
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 import crc32c
 import numpy as np
 import numpy.typing as npt
 
+from ._codec_table import Chain, ShardDataError, parse_chain
 from ._errors import StoreFormatError
-from ._layout import ALLOWED_CODECS, SiteArraySpec
-from ._vpredict import vpredict_decode, vpredict_encode
+from ._layout import THUMBNAIL_CODECS, SiteArraySpec
 
-__all__ = ["MISSING", "ShardCodec", "ShardDataError", "ShardIndexError"]
+__all__ = ["MISSING", "ShardCodec", "ShardDataError", "ShardIndexError", "decode_thumbnail", "encode_thumbnail", "thumbnail"]
 
 MISSING = np.uint64(2**64 - 1)
-_BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
 Pixels = npt.NDArray[np.uint8]
 
 
 class ShardIndexError(ValueError):
     """The shard's index is truncated or fails its checksum (the caller names the site and object)."""
-
-
-class ShardDataError(ValueError):
-    """An inner chunk of a shard does not decode (the caller names the site and object)."""
-
-
-@dataclass(frozen=True)
-class _Step:
-    kind: str  # "vpredict" | "astype" | "pcodec" | "blosc" | "zstd"
-    config: Mapping[str, Any]
-
-
-def _parse_chain(codecs: Sequence[Mapping[str, Any]], where: str) -> tuple[list[_Step], bool]:
-    """Validate an inner codec chain against the allowlist; return its steps (``bytes`` omitted) and whether it
-    ends with a ``crc32c`` codec (layout 2 always does; layout 1 never did).
-
-    Accepted shapes: ``[rxrx2.vpredict,] bytes, blosc|zstd [, crc32c]`` and
-    ``numcodecs.astype(uint8->uint16), numcodecs.pcodec [, crc32c]``.
-    """
-    for codec in codecs:
-        if codec.get("name") not in ALLOWED_CODECS:
-            raise StoreFormatError(f"{where}: codec {codec.get('name')!r} is not one this library writes; refusing to read it")
-    names = [str(c.get("name")) for c in codecs]
-    configs = [dict(c.get("configuration") or {}) for c in codecs]
-    checked = bool(names) and names[-1] == "crc32c"
-    if checked:
-        names, configs = names[:-1], configs[:-1]
-    if configs and names[:1] == ["bytes"] and configs[0].get("endian", "little") != "little":
-        raise StoreFormatError(f"{where}: unsupported bytes configuration {configs[0]}")
-    if names in (["rxrx2.vpredict", "bytes", "blosc"], ["rxrx2.vpredict", "bytes", "zstd"]):
-        return [_Step("vpredict", {}), _Step(names[2], configs[2])], checked
-    if names in (["bytes", "blosc"], ["bytes", "zstd"]):
-        return [_Step(names[1], configs[1])], checked
-    if names == ["numcodecs.astype", "numcodecs.pcodec"]:
-        if configs[0].get("encode_dtype") != "uint16" or configs[0].get("decode_dtype") != "uint8":
-            raise StoreFormatError(f"{where}: unsupported astype configuration {configs[0]}")
-        return [_Step("astype", configs[0]), _Step("pcodec", configs[1])], checked
-    raise StoreFormatError(f"{where}: unsupported inner codec chain {names}")
-
-
-_ZSTD_LOCAL = threading.local()
-
-
-def zstd_compress(data: Any, level: int, parameters: tuple[tuple[str, int], ...] = ()) -> bytes:
-    """One standard zstd frame (content size declared, no zstd checksum) at ``level``, or with explicit encoder
-    ``parameters`` (python-zstandard's ``ZstdCompressionParameters``, tuned by measurement: see ``PROFILES``).
-    One compressor per thread and setting: python-zstandard's compressors are not thread-safe."""
-    import zstandard
-
-    cache: dict[tuple[Any, ...], Any] = _ZSTD_LOCAL.__dict__.setdefault("compressors", {})
-    key = (level, parameters)
-    compressor = cache.get(key)
-    if compressor is None:
-        if parameters:
-            params = zstandard.ZstdCompressionParameters.from_level(level, **dict(parameters))
-            compressor = zstandard.ZstdCompressor(compression_params=params, write_content_size=True)
-        else:
-            compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
-        cache[key] = compressor
-    return bytes(compressor.compress(data))
-
-
-def with_checksum(data: bytes) -> bytes:
-    """``data`` closed by the Zarr v3 ``crc32c`` codec: its CRC32C, 4 bytes little-endian."""
-    return data + crc32c.crc32c(data).to_bytes(4, "little")
-
-
-def strip_checksum(data: bytes | memoryview, what: str) -> memoryview:
-    """Check and remove the trailing CRC32C of the ``crc32c`` codec; ``what`` names the chunk in the error."""
-    view = memoryview(data)
-    if len(view) < 4 or crc32c.crc32c(view[:-4]) != int.from_bytes(view[-4:], "little"):
-        raise ShardDataError(f"{what} fails its crc32c checksum (corrupt data)")
-    return view[:-4]
 
 
 def thumbnail(pixels: Pixels, factor: int) -> Pixels:
@@ -133,10 +57,7 @@ class ShardCodec:
     """Encode a (c, y, x) uint8 site into one shard and decode all or part of it."""
 
     def __init__(self, spec: SiteArraySpec, where: str = "site array") -> None:
-        self.spec = spec
-        meta = spec.array_metadata()
-        self._configure(meta, where)
-        self._zstd_parameters: tuple[tuple[str, int], ...] = spec.codec_profile.zstd_parameters
+        self._configure(spec.array_metadata(), where, spec.codec_profile.zstd_parameters)
 
     @classmethod
     def from_array_metadata(cls, meta: Mapping[str, Any], where: str) -> ShardCodec:
@@ -157,11 +78,10 @@ class ShardCodec:
         if sharding.get("name") != "sharding_indexed" or outer != padded:
             raise StoreFormatError(f"{where}: expected one shard spanning the (c, y, x) array")
         self = cls.__new__(cls)
-        self.spec = None  # type: ignore[assignment]
         self._configure(dict(meta), where)
         return self
 
-    def _configure(self, meta: Mapping[str, Any], where: str) -> None:
+    def _configure(self, meta: Mapping[str, Any], where: str, parameters: tuple[tuple[str, int], ...] = ()) -> None:
         sharding = meta["codecs"][0]
         config = sharding["configuration"]
         if config.get("index_location", "end") != "end":
@@ -172,46 +92,13 @@ class ShardCodec:
         self.shape: tuple[int, int, int] = tuple(int(v) for v in meta["shape"])  # type: ignore[assignment]
         self.chunk: tuple[int, int, int] = tuple(int(v) for v in config["chunk_shape"])  # type: ignore[assignment]
         self.grid: tuple[int, int, int] = tuple(-(-s // c) for s, c in zip(self.shape, self.chunk, strict=True))  # type: ignore[assignment]
-        self.shard_shape = tuple(int(v) for v in meta["chunk_grid"]["configuration"]["chunk_shape"])
         self.n_chunks = int(np.prod(self.grid))
         self.index_nbytes = 16 * self.n_chunks + 4
-        self.steps, self.checked = _parse_chain(config["codecs"], where)
+        self.chain: Chain = parse_chain(config["codecs"], where, self.chunk[1:], parameters)
+        """The inner chunks' codecs (the codec table's entries, configured from this document)."""
         self._chunk_nbytes = int(np.prod(self.chunk))
-        if any(s.kind in ("blosc", "pcodec") for s in self.steps):
-            import numcodecs  # only for the chains that need it: about 30 ms, not paid by opening a zstd store
-        self._blosc = [
-            numcodecs.Blosc(
-                cname=s.config["cname"],
-                clevel=int(s.config["clevel"]),
-                shuffle=_BLOSC_SHUFFLE[s.config["shuffle"]],
-                blocksize=int(s.config.get("blocksize", 0)),
-            )
-            for s in self.steps
-            if s.kind == "blosc"
-        ]
-        self._predictor = any(s.kind == "vpredict" for s in self.steps)
-        self._pcodec = [
-            numcodecs.PCodec(level=int(s.config.get("level", 8))) for s in self.steps if s.kind == "pcodec"
-        ]
-        self._zstd_parameters = ()
 
     # --- encoding -------------------------------------------------------------------------------------------------
-
-    def _encode_chunk(self, chunk: Pixels) -> bytes:
-        data: Any = np.ascontiguousarray(chunk)
-        for step in self.steps:
-            if step.kind == "vpredict":
-                data = vpredict_encode(data)
-            elif step.kind == "astype":
-                data = data.astype(np.uint16)
-            elif step.kind == "pcodec":
-                data = self._pcodec[0].encode(data)
-            elif step.kind == "blosc":
-                data = self._blosc[0].encode(data)
-            else:
-                zstd = self.steps[-1].config
-                data = zstd_compress(data, int(zstd.get("level", 0)), self._zstd_parameters)
-        return with_checksum(bytes(data)) if self.checked else bytes(data)
 
     def encode(self, pixels: Pixels) -> bytes:
         """Encode a whole site; all-zero inner chunks are stored as absent (they read back as the fill value 0)."""
@@ -230,7 +117,7 @@ class ShardCodec:
                 block = padded
             if not block.any():
                 continue
-            encoded = self._encode_chunk(block)
+            encoded = self.chain.encode(block)
             index[flat] = (offset, len(encoded))
             parts.append(encoded)
             offset += len(encoded)
@@ -284,50 +171,8 @@ class ShardCodec:
         return self._chunk_nbytes + self._chunk_nbytes // 8 + 4096 + 4
 
     def _decode_into(self, data: bytes | memoryview, out: Pixels, flat: int) -> None:
-        """Decode inner chunk ``flat`` into the flat uint8 buffer ``out``.
-
-        Each codec is called the way that measured fastest and, above all, releases the GIL, so that the threads
-        decoding a site's chunks run in parallel (1024 x 1024 x 6 site, 256 x 256 chunks, one thread; 2 threads
-        in brackets): imagecodecs' Blosc 1 decoder ~6 ms/site (3.5) where numcodecs' holds a lock in worker
-        threads (no speed-up); pcodec's allocating ``simple_decompress`` ~14 ms/site (8.6) where
-        ``simple_decompress_into`` keeps the GIL (~20 ms, no speed-up).
-        """
-        self._decompress_into(data, out, flat)
-        if self._predictor:
-            vpredict_decode(out.reshape(self.chunk[1:]))
-
-    def _decompress_into(self, data: bytes | memoryview, out: Pixels, flat: int) -> None:
-        """The checksum and compressor (or pcodec) stages of the chain, into the flat uint8 buffer ``out``."""
-        import imagecodecs  # imported on first decode, not at open (about 60 ms)
-
-        if self.checked:
-            data = strip_checksum(data, f"inner chunk {flat}")
-        kind = self.steps[-1].kind
-        if kind == "blosc":
-            _check_blosc_header(data, self._chunk_nbytes)
-            try:
-                imagecodecs.blosc_decode(_any(data), numthreads=1, out=_any(out))
-            except (imagecodecs.BloscError, RuntimeError, ValueError) as exc:
-                raise ShardDataError(f"blosc inner chunk does not decode ({exc})") from None
-        elif kind == "zstd":
-            try:
-                decoded = imagecodecs.zstd_decode(_any(data), out=_any(out))
-            except imagecodecs.ZstdError as exc:
-                raise ShardDataError(f"zstd inner chunk does not decode ({exc})") from None
-            if len(decoded) != self._chunk_nbytes:
-                raise ShardDataError(f"zstd inner chunk decoded to {len(decoded)} bytes, expected {self._chunk_nbytes}")
-        else:
-            # pcodec works on uint16 (see CodecProfile); values above 255 can only come from a corrupt chunk, which
-            # a full-site read detects through the pixels' checksum
-            from pcodec import standalone
-
-            try:
-                values = np.asarray(standalone.simple_decompress(bytes(data)))
-            except (RuntimeError, ValueError) as exc:
-                raise ShardDataError(f"pcodec inner chunk does not decode ({exc})") from None
-            if values.dtype != np.uint16 or values.size != self._chunk_nbytes:
-                raise ShardDataError(f"pcodec inner chunk decoded to {values.dtype} x {values.size}, expected uint16 x {self._chunk_nbytes}")
-            np.copyto(out, values.reshape(-1), casting="unsafe")
+        """Decode inner chunk ``flat`` into the flat uint8 buffer ``out`` (one call into each codec library)."""
+        self.chain.decode_into(data, out, f"inner chunk {flat}")
 
     def decode(
         self,
@@ -409,8 +254,8 @@ class ShardCodec:
         return out
 
     def _run_jobs(self, jobs: Sequence[_Job], out: Pixels) -> None:
-        if self._predictor:
-            self._run_predicted_jobs(jobs, out)
+        if self.chain.filters:
+            self._run_filtered_jobs(jobs, out)
             return
         chunk = np.empty(self.chunk[1:], dtype=np.uint8)
         for flat, data, target, source in jobs:
@@ -424,11 +269,10 @@ class ShardCodec:
                 self._decode_into(data, chunk.reshape(-1), flat)
                 view[...] = chunk[source]
 
-    def _run_predicted_jobs(self, jobs: Sequence[_Job], out: Pixels) -> None:
-        """``rxrx2.vpredict`` chunks: decompress all into one stack, then undo the predictor once for the stack.
-
-        The predictor's running sum costs one numpy call per row; done per chunk that is ~25,000 calls per site,
-        done on the stack it is one call per row for all chunks together.
+    def _run_filtered_jobs(self, jobs: Sequence[_Job], out: Pixels) -> None:
+        """Chains with a filter (``rxrx2.vpredict``): decompress all chunks into one stack, then undo the filters
+        once for the stack. The predictor's running sum costs one numpy call per row; done per chunk that is
+        ~25,000 calls per site, done on the stack it is one call per row for all chunks together.
         """
         present = [job for job in jobs if job[1] is not None]
         for _, data, target, _ in jobs:
@@ -438,47 +282,29 @@ class ShardCodec:
             return
         stack = np.empty((len(present), *self.chunk[1:]), dtype=np.uint8)
         for k, (flat, data, _, _) in enumerate(present):
-            self._decompress_into(data, stack[k].reshape(-1), flat)  # type: ignore[arg-type]
-        vpredict_decode(stack)
+            self.chain.decompress_into(data, stack[k].reshape(-1), f"inner chunk {flat}")  # type: ignore[arg-type]
+        self.chain.unfilter(stack)
         for k, (_, _, target, source) in enumerate(present):
             out[target] = stack[k][source]
+
 
 _Job = tuple[int, "bytes | memoryview | None", tuple[int, slice, slice], tuple[slice, slice]]
 
 
-def _check_blosc_header(data: bytes | memoryview, expected: int) -> None:
-    """Validate a Blosc 1 frame header before handing untrusted bytes to the C decoder (which trusts it)."""
-    if len(data) < 16:
-        raise ShardDataError(f"blosc inner chunk is {len(data)} bytes, shorter than its header")
-    nbytes, _blocksize, cbytes = struct.unpack_from("<III", data, 4)
-    if nbytes != expected or cbytes != len(data):
-        raise ShardDataError(
-            f"blosc inner chunk header says {nbytes} bytes ({cbytes} compressed); expected {expected} ({len(data)})"
-        )
+@functools.lru_cache(maxsize=8)
+def _thumbnail_chain(shape: tuple[int, ...]) -> Chain:
+    return parse_chain(THUMBNAIL_CODECS, "thumbnail array", shape)
 
 
-def encode_thumbnail(pixels: Pixels, level: int) -> bytes:
+def encode_thumbnail(pixels: Pixels) -> bytes:
     """The thumbnail array's one chunk (``THUMBNAIL_CODECS``: bytes, zstd, crc32c) for (c, h, w) uint8 pixels."""
-    return with_checksum(zstd_compress(np.ascontiguousarray(pixels, dtype=np.uint8), level))
+    return _thumbnail_chain(pixels.shape).encode(pixels)
 
 
 def decode_thumbnail(data: bytes | memoryview, shape: tuple[int, int, int], expected: int | None = None) -> Pixels:
     """Decode a thumbnail chunk; ``expected`` is its CRC32C as recorded in the store's index for this site."""
-    import imagecodecs  # imported on first decode, not at open (about 60 ms)
-
     if expected is not None and (len(data) < 4 or int.from_bytes(bytes(data[-4:]), "little") != expected):
         raise ShardDataError("thumbnail chunk's checksum is not the one recorded for this site (another site's chunk?)")
-    body = strip_checksum(data, "thumbnail chunk")
     out = np.empty(shape, dtype=np.uint8)
-    try:
-        decoded = imagecodecs.zstd_decode(_any(body), out=_any(out.reshape(-1)))
-    except imagecodecs.ZstdError as exc:
-        raise ShardDataError(f"thumbnail chunk does not decode ({exc})") from None
-    if len(decoded) != out.size:
-        raise ShardDataError(f"thumbnail chunk decoded to {len(decoded)} bytes, expected {out.size}")
+    _thumbnail_chain(shape).decode_into(data, out.reshape(-1), "thumbnail chunk")
     return out
-
-
-def _any(buffer: object) -> Any:
-    """imagecodecs' stubs are narrower than what it accepts: any contiguous buffer (memoryview, numpy array)."""
-    return buffer

@@ -136,8 +136,7 @@ def _reopen(source: Source) -> SourceIO:
 class SourceIO:
     """Reads of a resolved source by key: ``images/...`` under the images root, or the metadata/embeddings name.
 
-    It offers the read side of :class:`StoreIO` (``read``, ``read_range``, ``exists``, ``find``), so the planner
-    and the converter use either.
+    Its reads (``read``, ``read_range``, ``exists``, ``find``) mirror :class:`StoreIO`'s.
     """
 
     def __init__(self, source: Source) -> None:
@@ -146,7 +145,6 @@ class SourceIO:
         self.storage_options = source.storage_options
         self._archive = open_archive(source.archive, self.storage_options) if source.archive else None
         self._images = None if source.archive else StoreIO(source.images, self.storage_options)
-        self.local = self._archive.local if self._archive is not None else bool(self._images and self._images.local)
         self.http = self._images is not None and _fs.is_http(self._images.fs)
         self.sizes_known = not self.http
         """Whether :meth:`find` gives true sizes (not for HTTP directory listings)."""
@@ -158,13 +156,6 @@ class SourceIO:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen, (self.source,))
 
-    @property
-    def portable_url(self) -> str:
-        return _fs.portable_url(self.url)
-
-    def root_exists(self) -> bool:
-        return True  # resolve_source checked it
-
     # --- keys ----------------------------------------------------------------------------------------------------
 
     def _image(self, key: str) -> str | None:
@@ -175,15 +166,6 @@ class SourceIO:
 
     def _member(self, rel: str) -> str:
         return f"{self.source.images}/{rel}" if self.source.images else rel
-
-    def describe(self, key: str) -> str:
-        rel = self._image(key)
-        if rel is None:
-            ref = self._files.get(key)
-            return ref.describe() if ref is not None else key
-        if self._archive is not None:
-            return f"{self._member(rel)} in the zip archive {self._archive.url}"
-        return _fs.join_url(self.source.images, rel)
 
     # --- reads ---------------------------------------------------------------------------------------------------
 
@@ -485,6 +467,17 @@ def _search(place: _Place, names: Sequence[str], text: str, what: str) -> FileRe
     return place.ref(rel)
 
 
+def _find_file(
+    place: _Place, folders: Sequence[str], given: str | None, options: Mapping[str, Any], names: Sequence[str], what: str
+) -> tuple[FileRef | None, str | None]:
+    """The metadata or embeddings file and how it is named: as given (``--metadata``), else the first of ``names``
+    in ``folders`` of the source (None when there is none)."""
+    if given is not None:
+        return _given_file(given, options, names, what), given
+    found = _lookup(place, folders, names)
+    return (None, None) if found is None else (place.ref(found), found)
+
+
 def resolve_source(
     src: str,
     storage_options: Mapping[str, Any] | None = None,
@@ -511,25 +504,13 @@ def resolve_source(
     parent = images.rsplit("/", 1)[0] if images.endswith(IMAGES) and "/" in images else ""
     folders = [parent, ""] if images.endswith(IMAGES) else [images, parent, ""]
 
-    if metadata is not None:
-        metadata_ref: FileRef | None = _given_file(metadata, options, METADATA_NAMES, "metadata")
-        metadata_name: str | None = metadata
-    else:
-        found = _lookup(place, folders, METADATA_NAMES)
-        metadata_ref = place.ref(found) if found is not None else None
-        metadata_name = found if found is not None else None
-        if metadata_ref is None and need_metadata:
-            raise SourceError(
-                f"{src}: no {' or '.join(METADATA_NAMES)} found in {place.where(parent)} (expected RxRx2's metadata "
-                "file; give it with --metadata PATH_OR_URL if it is published separately)"
-            )
-    if embeddings is not None:
-        embeddings_ref: FileRef | None = _given_file(embeddings, options, EMBEDDINGS_NAMES, "embeddings")
-        embeddings_name: str | None = embeddings
-    else:
-        found = _lookup(place, folders, EMBEDDINGS_NAMES)
-        embeddings_ref = place.ref(found) if found is not None else None
-        embeddings_name = found if found is not None else None
+    metadata_ref, metadata_name = _find_file(place, folders, metadata, options, METADATA_NAMES, "metadata")
+    if metadata_ref is None and need_metadata:
+        raise SourceError(
+            f"{src}: no {' or '.join(METADATA_NAMES)} found in {place.where(parent)} (expected RxRx2's metadata "
+            "file; give it with --metadata PATH_OR_URL if it is published separately)"
+        )
+    embeddings_ref, embeddings_name = _find_file(place, folders, embeddings, options, EMBEDDINGS_NAMES, "embeddings")
 
     if place.archive is not None:
         archive_url: str | None = place.archive.url

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import json
 import os
 import re
 import uuid
@@ -23,7 +25,7 @@ from typing import Any
 from . import _fs
 from ._errors import StoreFormatError, StoreWriteError
 
-__all__ = ["StoreIO", "check_key"]
+__all__ = ["StoreIO", "check_key", "store_io"]
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9._\-]+$")
 #: Write failures that retrying cannot fix: the device is full or the quota is exhausted.
@@ -148,9 +150,6 @@ class StoreIO:
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))
 
-    def root_exists(self) -> bool:
-        return bool(self.fs.exists(self.root))
-
     def is_empty_or_missing(self) -> bool:
         if not self.fs.exists(self.root):
             return True
@@ -256,10 +255,6 @@ class StoreIO:
         if self.fs.exists(path):
             self.fs.rm_file(path)
 
-    def remove_root(self) -> None:
-        if self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)
-
     # --- zarr -----------------------------------------------------------------------------------------------------
 
     def zarr_store(self, read_only: bool = True) -> Any:
@@ -269,3 +264,18 @@ class StoreIO:
         if self.local:
             return zarr.storage.LocalStore(self.root, read_only=read_only)
         return zarr.storage.FsspecStore(_fs.async_filesystem(self.fs), path=self.root, read_only=read_only)
+
+
+def store_io(url: str, storage_options: Mapping[str, Any] | None = None) -> StoreIO:
+    """The process's one :class:`StoreIO` for a store: every reader and site task of a process shares it (and
+    with it the filesystem's connection pool), rather than resolving the URL again per read."""
+    options = json.dumps(dict(storage_options or {}), sort_keys=True, default=str)
+    return _cached_store_io(str(url), options, os.getpid())
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_store_io(url: str, options_json: str, pid: int) -> StoreIO:
+    # the pid is part of the key: a forked child must not reuse its parent's filesystem (an s3fs session is bound
+    # to the parent's event loop and sockets)
+    del pid
+    return StoreIO(url, json.loads(options_json))

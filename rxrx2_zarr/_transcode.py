@@ -10,7 +10,6 @@ result pixel by pixel against the source store.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,13 +18,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._convert import ConvertOptions, ConvertReport, _check_separate, _options, run_conversion
+from ._convert import ConvertOptions, ConvertReport, resolve_options, run_conversion
+from ._dataset import Dataset, open_any_layout
+from ._destination import check_separate
 from ._errors import ChunkReadError, ImageError
 from ._fs import portable_url
 from ._layout import site_paths
 from ._paths import parse_site_id
 from ._plan import ConversionPlan, SiteItem
-from ._reader import Dataset, open_any_layout
 from ._storage import StoreIO
 
 __all__ = ["StoreSource", "plan_from_store", "transcode"]
@@ -42,31 +42,20 @@ class StoreSource:
     unit = "decoded pixels (source store)"
 
     def dataset(self) -> Dataset:
-        return _dataset(self.url, json.dumps(dict(self.options), sort_keys=True, default=str))
+        # one open source store per process (site tasks run in threads or worker processes)
+        return open_any_layout(self.url, self.options, cached=True)
 
     def read(self, item: SiteItem, size: tuple[int, int], notes: list[str] | None = None) -> tuple[Pixels, int]:
         del notes  # a store holds no PNG quirks to warn about
         dataset = self.dataset()
         try:
-            pixels = dataset.read(item.site_id, parallel=False)[0]
+            pixels = dataset.site(item.site_id, threads=1)
         except ChunkReadError as exc:
             # a damaged site of the source store is that site's problem (skipped with --on-error skip)
             raise ImageError(f"source store: {exc}") from None
         if pixels.shape[1:] != size:
             raise ImageError(f"source store: site {item.site_id} is {pixels.shape[1:]}, expected {size}")
         return pixels, int(pixels.nbytes)
-
-
-_DATASETS: dict[tuple[str, str], Dataset] = {}
-
-
-def _dataset(url: str, options_json: str) -> Dataset:
-    """One open source store per process (site tasks run in threads or worker processes)."""
-    key = (url, options_json)
-    dataset = _DATASETS.get(key)
-    if dataset is None:
-        dataset = _DATASETS[key] = open_any_layout(url, json.loads(options_json))
-    return dataset
 
 
 def plan_from_store(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[ConversionPlan, Dataset]:
@@ -105,13 +94,13 @@ def transcode(src: str, dst: str, options: ConvertOptions | None = None, **kwarg
     Resumable (``resume=True``) and parallel like :func:`convert`; ``src_storage_options`` apply to the source
     store. Verify the result with ``verify(src, dst)``.
     """
-    options = _options(options, kwargs)
+    options = resolve_options(options, kwargs)
     if options.experiments or options.plates or options.limit or options.no_pixels:
         raise ValueError("transcode rewrites a whole store: experiments, plates, limit and no_pixels do not apply")
     started = time.perf_counter()
     plan, dataset = plan_from_store(src, options.src_storage_options)
     if not dataset.pixels:
         raise ValueError(f"{src}: a --no-pixels store has no pixels to transcode")
-    _check_separate(src, options.src_storage_options, StoreIO(dst, options.dst_storage_options))
+    check_separate(src, options.src_storage_options, StoreIO(dst, options.dst_storage_options))
     source = StoreSource(portable_url(src), dict(options.src_storage_options))
     return run_conversion(plan, source, src, dst, options, started)

@@ -9,10 +9,11 @@ validated against ome-zarr-models' OME-NGFF 0.5 HCS model; the index and embeddi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,10 +22,13 @@ import crc32c
 import numpy as np
 import pandas as pd
 
+from ._attrs import RootAttributes
 from ._convert import PixelSource, PngSource
+from ._dataset import open as open_store
 from ._errors import ImageError, StoreFormatError
 from ._fs import split_zip_url
 from ._hierarchy import SiteChecksums
+from ._json import report_json
 from ._layout import (
     EMBEDDINGS_ARRAY,
     INDEX_COLUMNS,
@@ -39,14 +43,14 @@ from ._layout import (
 )
 from ._plan import ConversionPlan, make_plan
 from ._progress import Progress
-from ._reader import open as open_store
 from ._shard import thumbnail
 from ._storage import StoreIO
+from ._text import count, problem_lines
 from ._transcode import StoreSource, plan_from_store
 
 __all__ = ["VerifyReport", "verify"]
 
-MAX_LISTED = 50
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,29 +66,30 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_json(self) -> dict[str, Any]:
+        """The report's fields and ``ok`` as a JSON-ready document (``rxrx2-zarr verify --json``)."""
+        return report_json(self, ok=self.ok)
+
     def summary(self) -> str:
-        head = "OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)"
+        head = "OK" if self.ok else f"FAILED: {count(len(self.problems), 'problem')}"
         lines = [
             f"verify {self.dst} against {self.src}: {head}",
-            f"  sites in store: {self.sites_in_store}; pixels compared for {self.pixels_checked} site(s); "
-            f"plates validated (OME-NGFF 0.5 HCS): {self.plates_validated}",
+            f"  sites in store: {self.sites_in_store:,}; pixels compared for {count(self.pixels_checked, 'site')}; "
+            f"plates validated (OME-NGFF 0.5 HCS): {self.plates_validated:,}",
+            *problem_lines(self.problems, prefix="  - "),
         ]
-        lines.extend(f"  - {p}" for p in self.problems[:MAX_LISTED])
-        if len(self.problems) > MAX_LISTED:
-            lines.append(f"  ... and {len(self.problems) - MAX_LISTED} more")
         return "\n".join(lines)
 
 
 def _root_attrs(store: StoreIO) -> dict[str, Any]:
+    """The root attributes of a store of any layout, validated by their model (``_attrs.RootAttributes``)."""
     try:
-        attrs = json.loads(store.read("zarr.json"))["attributes"]["rxrx2"]
+        document = json.loads(store.read("zarr.json"))
     except FileNotFoundError:
         raise StoreFormatError(f"{store.url}: no zarr.json (not a Zarr store)") from None
-    except (ValueError, KeyError, TypeError):
-        raise StoreFormatError(f"{store.url}: not an rxrx2-zarr store (no 'rxrx2' root attributes)") from None
-    if not isinstance(attrs, dict) or attrs.get("format") != "rxrx2-zarr":
-        raise StoreFormatError(f"{store.url}: not an rxrx2-zarr store")
-    return attrs
+    except ValueError:
+        raise StoreFormatError(f"{store.url}: not an rxrx2-zarr store (zarr.json is not JSON)") from None
+    return RootAttributes.from_json(document, store.url, layouts=None).to_json()
 
 
 def _is_store(url: str, options: Mapping[str, Any]) -> bool:
@@ -183,7 +188,6 @@ def _verify(
     metadata: str | None = None,
     embeddings: str | None = None,
 ) -> VerifyReport:
-
     dst_options = dict(storage_options or {})
     src_options = dict(src_storage_options if src_storage_options is not None else dst_options)
     store = StoreIO(dst, dst_options)
@@ -198,27 +202,7 @@ def _verify(
     if not attrs.get("complete"):
         report.problems.append("store is incomplete (conversion did not finish): run convert --resume")
         return report
-    skipped = {s["site_id"]: s["reason"] for s in attrs.get("skipped", [])}
-    source: PixelSource
-    if _is_store(src, src_options):
-        plan, _ = plan_from_store(src, src_options)
-        source = StoreSource(src, src_options)
-        skipped = {}
-    else:
-        subset = attrs.get("source", {}).get("subset", {}) or {}
-        plan = make_plan(
-            src,
-            src_options,
-            experiments=subset.get("experiments"),
-            plates=subset.get("plates"),
-            limit=subset.get("limit"),
-            on_error="skip",
-            need_pixels=bool(attrs.get("pixels", True)),
-            metadata_url=metadata,
-            embeddings_url=embeddings,
-        )
-        assert plan.source is not None  # make_plan always resolves its source
-        source = PngSource(plan.source)
+    plan, source, skipped = _expected(src, src_options, attrs, metadata, embeddings)
     index = _stage(report, "index arrays (index/<column>, read through zarr-python)", _read_index, store)
     spec = _stage(report, "root attributes: site array options", SiteArraySpec.from_options, attrs.get("options") or {})
     if index is None or spec is None:
@@ -231,12 +215,52 @@ def _verify(
     _stage(report, "index", _compare_index, plan, index, skipped, report)
     _stage(report, EMBEDDINGS_ARRAY, _compare_embeddings, store, plan, index, report)
     _stage(report, "OME-NGFF metadata", _validate_ngff, store, index, report)
+    if attrs.get("pixels", True):
+        positions = list(range(len(index)))
+        if sample is not None and sample < len(positions):
+            positions = sorted(random.Random(seed).sample(positions, sample))
+        _compare_pixels(report, store, plan, source, spec, index, positions, workers, progress)
+    return report
 
-    if not attrs.get("pixels", True):
-        return report
-    positions = list(range(len(index)))
-    if sample is not None and sample < len(positions):
-        positions = sorted(random.Random(seed).sample(positions, sample))
+
+def _expected(
+    src: str, src_options: Mapping[str, Any], attrs: Mapping[str, Any], metadata: str | None, embeddings: str | None
+) -> tuple[ConversionPlan, PixelSource, dict[str, str]]:
+    """What the store should hold: the plan of its source (a store it was transcoded from, or the RxRx2 tree with
+    the subset recorded at conversion), where to read the expected pixels, and the sites skipped on purpose."""
+    if _is_store(src, src_options):
+        plan, _ = plan_from_store(src, src_options)
+        return plan, StoreSource(src, src_options), {}
+    subset = attrs.get("source", {}).get("subset", {}) or {}
+    plan = make_plan(
+        src,
+        src_options,
+        experiments=subset.get("experiments"),
+        plates=subset.get("plates"),
+        limit=subset.get("limit"),
+        on_error="skip",
+        need_pixels=bool(attrs.get("pixels", True)),
+        metadata_url=metadata,
+        embeddings_url=embeddings,
+    )
+    assert plan.source is not None  # make_plan always resolves its source
+    skipped = {s["site_id"]: s["reason"] for s in attrs.get("skipped", [])}
+    return plan, PngSource(plan.source), skipped
+
+
+def _compare_pixels(
+    report: VerifyReport,
+    store: StoreIO,
+    plan: ConversionPlan,
+    source: PixelSource,
+    spec: SiteArraySpec,
+    index: pd.DataFrame,
+    positions: Sequence[int],
+    workers: int,
+    progress: bool,
+) -> None:
+    """Every site at ``positions`` of the index against its source pixels, ``workers`` sites at a time."""
+    _log.info("%s: comparing the pixels of %s of %s with %s", report.dst, count(len(positions), "site"), len(index), report.src)
     zstore = store.zarr_store()
     by_site = {item.site_id: item for item in plan.items}
 
@@ -259,7 +283,6 @@ def _verify(
             report.problems.extend(problems)
             report.pixels_checked += 1
             bar.advance(0)
-    return report
 
 
 T = TypeVar("T")
@@ -295,9 +318,11 @@ def _check_site(store: StoreIO, zstore: Any, spec: SiteArraySpec, row: pd.Series
         thumb_tail = store.read_suffix(f"{group}/{THUMBNAIL_LEVEL}/{SHARD_KEY}", 4)
     except (FileNotFoundError, KeyError, ValueError, OSError, RuntimeError) as exc:
         return [f"{site_id}: cannot read {path} or its thumbnail: {type(exc).__name__}: {exc}"]
-    if stored.shape != expected.shape or not np.array_equal(stored, expected):
-        differ = int(np.count_nonzero(stored != expected)) if stored.shape == expected.shape else -1
-        problems.append(f"{site_id}: pixels differ from the source ({differ} pixel(s)) in {path}")
+    if stored.shape != expected.shape:
+        problems.append(f"{site_id}: {path} has shape {stored.shape}, the source {expected.shape}")
+    elif not np.array_equal(stored, expected):
+        differ = count(int(np.count_nonzero(stored != expected)), "pixel")
+        problems.append(f"{site_id}: pixels differ from the source ({differ}) in {path}")
     want_thumb = thumbnail(expected, THUMBNAIL_FACTOR)
     if thumb.shape != want_thumb.shape or not np.array_equal(thumb, want_thumb):
         problems.append(f"{site_id}: thumbnail {group}/{THUMBNAIL_LEVEL} is not the 1/{THUMBNAIL_FACTOR} block mean of the pixels")
@@ -323,9 +348,9 @@ def _compare_index(plan: ConversionPlan, index: pd.DataFrame, skipped: Mapping[s
     missing = sorted(set(expected["site_id"]) - set(index["site_id"]))
     extra = sorted(set(index["site_id"]) - set(expected["site_id"]))
     if missing:
-        report.problems.append(f"index lacks {len(missing)} site(s) of the source, e.g. {missing[:5]}")
+        report.problems.append(f"index lacks {count(len(missing), 'site')} of the source, e.g. {missing[:5]}")
     if extra:
-        report.problems.append(f"index has {len(extra)} site(s) not in the source selection, e.g. {extra[:5]}")
+        report.problems.append(f"index has {count(len(extra), 'site')} not in the source selection, e.g. {extra[:5]}")
     if missing or extra:
         return
     if list(index["site_id"]) != list(expected["site_id"]):
@@ -354,7 +379,7 @@ def _compare_embeddings(store: StoreIO, plan: ConversionPlan, index: pd.DataFram
     elif not np.array_equal(stored, expected, equal_nan=True):
         bad = np.flatnonzero(~np.all((stored == expected) | (np.isnan(stored) & np.isnan(expected)), axis=1))
         report.problems.append(
-            f"embeddings differ from the CSV for {len(bad)} site(s), e.g. {list(index['site_id'].iloc[bad[:5]])}"
+            f"embeddings differ from the CSV for {count(len(bad), 'site')}, e.g. {list(index['site_id'].iloc[bad[:5]])}"
         )
 
 

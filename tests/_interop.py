@@ -390,7 +390,7 @@ def collect(source: Path, profiles: Iterable[str], workdir: Path) -> list[Outcom
 
 
 def main() -> None:
-    from rxrx2_zarr._synth import synth
+    from rxrx2_zarr import synth
 
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "rxrx2"

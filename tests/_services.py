@@ -20,8 +20,10 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,8 +140,23 @@ class Process:
 # --- S3: moto in server mode ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request as the server received it (from moto's request recorder)."""
+
+    method: str
+    path: str
+    """The URL path, ``/bucket/key``."""
+    query: str
+    range: str | None
+    """The ``Range`` header, if any."""
+
+
 class MotoS3:
-    """``moto_server`` on a free loopback port, with helpers to make buckets and to talk to it."""
+    """``moto_server`` on a free loopback port, with helpers to make buckets and to talk to it.
+
+    Its request recorder writes to ``workdir/requests.jsonl`` (never to the caller's working directory); it records
+    only between :meth:`record` and :meth:`recorded`, so uploads made to set a test up are not in it."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -164,7 +181,8 @@ class MotoS3:
         for attempt in range(3):  # the free port may be taken between choosing and binding it: try another
             self.port = free_port()
             self.proc = Process("moto_server", [PYTHON, "-m", "moto.server", "-H", HOST, "-p", str(self.port)],
-                                self.workdir / f"moto-{attempt}.log")
+                                self.workdir / f"moto-{attempt}.log",
+                                env=service_env({"MOTO_RECORDER_FILEPATH": str(self.workdir / "requests.jsonl")}))
             try:
                 wait_until(self._ready, timeout, f"moto_server on {self.endpoint}", interval=0.1, watch=[self.proc])
                 return self
@@ -188,6 +206,29 @@ class MotoS3:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
+
+    def _moto_api(self, action: str) -> bytes:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        method = "GET" if action == "download-recording" else "POST"
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/recorder/{action}", method=method)
+        with opener.open(request, timeout=30) as response:
+            return bytes(response.read())
+
+    def record(self) -> None:
+        """Forget what was recorded so far and record every request from now on."""
+        self._moto_api("reset-recording")
+        self._moto_api("start-recording")
+
+    def recorded(self) -> list[Request]:
+        """The requests since :meth:`record`, in arrival order; recording goes on (from an empty log)."""
+        entries = [json.loads(line) for line in self._moto_api("download-recording").decode().splitlines() if line]
+        self._moto_api("reset-recording")
+        requests = []
+        for entry in entries:
+            url = urllib.parse.urlsplit(entry["url"])
+            headers = {k.lower(): v for k, v in entry["headers"].items()}
+            requests.append(Request(entry["method"], urllib.parse.unquote(url.path), url.query, headers.get("range")))
+        return requests
 
     def client(self) -> Any:
         """A boto3 client of this server (made once: creating one costs ~0.1 s of CPU, too much to poll with)."""

@@ -12,8 +12,26 @@ from pathlib import Path
 
 import pytest
 
+from rxrx2_zarr import synth
 from rxrx2_zarr._convert import ConvertOptions, convert
-from rxrx2_zarr._synth import synth
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--benchmark",
+        action="store_true",
+        help="run the benchmark suite's quick mode (3-5 minutes on 2 cores) instead of its smoke mode (CI does)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One run of the benchmark suite per test session: its smoke mode, or with --benchmark its quick mode."""
+    quick = bool(config.getoption("--benchmark"))
+    dropped = [item for item in items if item.get_closest_marker("benchmark_smoke" if quick else "benchmark")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
 
 #: Small sites keep the suite fast; realism and speed are checked at 1024 by dedicated tests and the benchmarks.
 SMALL = 96

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import crc32c
 import imagecodecs
@@ -18,11 +20,12 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from rxrx2_zarr import StoreExistsError
+from rxrx2_zarr import StoreExistsError, synth
+from rxrx2_zarr import open as open_store
+from rxrx2_zarr._codec_table import ALLOWED_CODECS, CODECS, CORE_READERS, Codec
 from rxrx2_zarr._convert import ConvertOptions, convert
-from rxrx2_zarr._layout import PROFILES
+from rxrx2_zarr._layout import PROFILES, CodecProfile
 from rxrx2_zarr._paths import GRID_ROWS
-from rxrx2_zarr._synth import synth
 from rxrx2_zarr._verify import verify
 from rxrx2_zarr.cli import main
 
@@ -170,6 +173,51 @@ def test_every_profile_round_trips_through_plain_zarr(profile: str, source_tree:
     assert report.ok, report.problems
 
 
+class _Gzip(Codec):
+    """A codec the package does not have: Zarr v3's core ``gzip``, as a test would add it to the table."""
+
+    name = "gzip"
+    zarr_names = ("bytes", "gzip")
+    core = True
+    readers = CORE_READERS
+    levels = range(0, 10)
+
+    @classmethod
+    def to_json(cls, profile: CodecProfile) -> list[dict]:
+        return [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "gzip", "configuration": {"level": profile.level}}]
+
+    def _configure(self, configs: Sequence[Mapping[str, Any]], where: str) -> None:
+        self.level = int(configs[1]["level"])
+
+    def encode(self, chunk: np.ndarray) -> bytes:
+        return gzip.compress(chunk.tobytes(), compresslevel=self.level, mtime=0)
+
+    def decode_into(self, data: bytes | memoryview, out: np.ndarray, what: str) -> None:
+        out[:] = np.frombuffer(gzip.decompress(bytes(data)), dtype=np.uint8)
+
+
+def test_a_codec_added_to_the_table_is_a_working_profile(source_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One table entry (and a profile naming it) is all a new codec takes: the chain JSON, the reader's allowlist,
+    chain parsing, encoding and decoding follow. zarr-python, which knows gzip on its own, reads what was written."""
+    monkeypatch.setitem(CODECS, _Gzip.name, _Gzip)
+    monkeypatch.setitem(PROFILES, "gz", CodecProfile("gz", "gzip level 6 (test)", "gzip", 6))  # type: ignore[index]
+    assert "gzip" in ALLOWED_CODECS and PROFILES["gz"].standard
+    out = tmp_path / "gz.zarr"
+    convert(str(source_tree), str(out), ConvertOptions(profile="gz", inner_chunks=(40, 40), limit=3, progress=False))
+    root = attrs(out, ".")["rxrx2"]  # the root records the profile and who reads it
+    assert root["options"]["profile"] == "gz" and root["readers"] == CORE_READERS
+    dataset = open_store(str(out))
+    for site_id, path in zip(dataset.sites["site_id"], read_index(out)["path"], strict=True):
+        chain = json.loads((out / path / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]
+        assert [c["name"] for c in chain] == ["bytes", "gzip", "crc32c"]
+        expected = png_pixels(source_tree, site_id)
+        np.testing.assert_array_equal(zarr.open_array(str(out), path=path, mode="r")[:], expected)
+        np.testing.assert_array_equal(dataset.read(site_id)[0], expected)
+        np.testing.assert_array_equal(dataset.read(site_id, region=(5, 50, 30, 90))[0], expected[:, 5:50, 30:90])
+    report = verify(str(source_tree), str(out))
+    assert report.ok, report.problems
+
+
 def test_plates_validate_and_open_with_ome_zarr(store: Path) -> None:
     import ome_zarr.io
     import ome_zarr.reader
@@ -264,13 +312,13 @@ def test_cli_exit_codes(source_tree: Path, copy_tree: Callable[[Path], Path], tm
     base = ["convert", str(source_tree), out, "--limit", "3", "--inner-chunks", "32,32", "--quiet"]
     ok = runner.invoke(main, base)
     assert ok.exit_code == 0, ok.output
-    assert "converted 3 of 3 site(s)" in ok.output
+    assert "converted 3 of 3 sites" in ok.output
     exists = runner.invoke(main, base)
     assert exists.exit_code == 2 and "--overwrite" in exists.output
     both = runner.invoke(main, [*base, "--resume", "--overwrite"])
     assert both.exit_code == 2 and "mutually exclusive" in both.output
     resumed = runner.invoke(main, [*base, "--resume"])
-    assert resumed.exit_code == 0 and "3 site(s) already complete" in resumed.output
+    assert resumed.exit_code == 0 and "3 sites already complete" in resumed.output
     assert runner.invoke(main, ["verify", str(source_tree), out, "--quiet"]).exit_code == 0
 
     bad = copy_tree(source_tree)
@@ -279,7 +327,7 @@ def test_cli_exit_codes(source_tree: Path, copy_tree: Callable[[Path], Path], tm
     failed = runner.invoke(main, ["convert", str(bad), str(tmp_path / "fail.zarr"), "--limit", "3", "--quiet"])
     assert failed.exit_code == 2 and victim.name in failed.output and "not a PNG" in failed.output
     skipped = runner.invoke(main, ["convert", str(bad), str(tmp_path / "skip.zarr"), "--limit", "3", "--quiet", "--on-error", "skip"])
-    assert skipped.exit_code == 3 and "skipped 1 site(s)" in skipped.output and victim.name in skipped.output
+    assert skipped.exit_code == 3 and "skipped 1 site:" in skipped.output and victim.name in skipped.output
     assert runner.invoke(main, ["verify", str(bad), str(tmp_path / "skip.zarr"), "--quiet"]).exit_code == 0
 
     # a tampered store fails verification with exit 1

@@ -11,9 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rxrx2_zarr import ConvertOptions, StoreFormatError, verify
+from rxrx2_zarr import ConvertOptions, StoreFormatError, parse_site_id, verify
 from rxrx2_zarr import open as open_store
-from rxrx2_zarr._layout import INDEX_COLUMNS, LAYOUT_VERSION, PROFILES, THUMBNAIL_FACTOR
+from rxrx2_zarr._layout import (
+    INDEX_COLUMNS,
+    LAYOUT_VERSION,
+    PROFILES,
+    THUMBNAIL_FACTOR,
+    THUMBNAIL_LEVEL,
+    site_paths,
+)
 from rxrx2_zarr._transcode import transcode
 
 LAYOUT1 = Path(__file__).parent / "data" / "layout1"
@@ -44,11 +51,21 @@ def test_xarray_opens_the_index_and_the_tree(store: Path) -> None:
     assert "embeddings" in xr.open_zarr(str(store), consolidated=False)
     tree = xr.open_datatree(str(store), group="index", engine="zarr", consolidated=False)
     assert set(tree.ds.data_vars) | set(tree.ds.coords) == set(INDEX_COLUMNS)
-    # The whole tree does not open: NGFF 0.5 requires every multiscale level to carry the axes' names (c, y, x),
-    # and xarray refuses two arrays of one group whose same-named dimensions differ in length (levels 0 and 1).
-    # That holds for every OME-Zarr image with more than one level; Dataset.to_xarray() is the xarray view.
+    # The whole tree opens with the thumbnail level dropped: NGFF 0.5 requires every multiscale level to carry the
+    # axes' names (c, y, x), and xarray refuses two arrays of one group whose same-named dimensions differ in length
+    # (levels 0 and 1). That holds for every OME-Zarr image with more than one level, so the README documents the
+    # argument instead of bending the NGFF layout.
     with pytest.raises(ValueError, match="conflicting sizes for dimension"):
         xr.open_datatree(str(store), engine="zarr", consolidated=False)
+    dataset = open_store(str(store))
+    full = xr.open_datatree(str(store), engine="zarr", consolidated=False, drop_variables=[THUMBNAIL_LEVEL])
+    thumbs = xr.open_datatree(str(store), engine="zarr", consolidated=False, drop_variables=["0"])
+    assert full["embeddings"].dims == ("site", "feature")
+    assert full["index"]["site_id"].size == len(dataset)
+    for site_id in dataset.site_ids:
+        node = "/" + site_paths(parse_site_id(site_id)).site
+        np.testing.assert_array_equal(full[node]["0"].values, dataset.site(site_id))
+        np.testing.assert_array_equal(thumbs[node][THUMBNAIL_LEVEL].values, dataset.thumbnails(site_id)[0])
 
 
 def test_root_records_readers_and_levels(store: Path) -> None:
@@ -226,7 +243,7 @@ def test_verify_refuses_what_open_refuses(store: Path, source_tree: Path, copy_t
     assert not report.ok and "rxrx2_zarr.open()" in report.summary(), report.summary()
 
 
-@pytest.mark.parametrize("target", ["_write_index_arrays", "_write_embeddings"])
+@pytest.mark.parametrize("target", ["write_index_arrays", "write_embeddings"])
 def test_full_disk_in_zarr_python_writes_names_what(
     source_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:

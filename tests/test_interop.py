@@ -32,8 +32,7 @@ from _interop import (
 )
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from rxrx2_zarr import PROFILES
-from rxrx2_zarr._synth import synth
+from rxrx2_zarr import PROFILES, synth
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +88,12 @@ def test_tool_opens_profile_as_expected(profile: str, tool: str, outcomes: dict[
 
 def test_isolation_hides_the_package_and_pcodec(outcomes: dict[tuple[str, str], Outcome]) -> None:
     """The subprocesses really lack rxrx2_zarr (its codec is unknown, not merely failing to import) and pcodec."""
-    assert outcomes[("compact", "zarr-python")].error == "zarr.errors.UnknownCodecError: Unknown codec: 'rxrx2.vpredict'"
-    assert outcomes[("balanced", "zarr-python")].error == "numcodecs.errors.UnknownCodecError: codec not available: ''pcodec''"
+    # zarr 3.1 says "Unknown codec: 'rxrx2.vpredict'", 3.4 "An implementation for codec 'rxrx2.vpredict' is not
+    # available..."
+    error = outcomes[("compact", "zarr-python")].error or ""
+    assert error.startswith("zarr.errors.UnknownCodecError: ") and "'rxrx2.vpredict'" in error, error
+    error = outcomes[("balanced", "zarr-python")].error or ""
+    assert "UnknownCodecError: " in error and "pcodec" in error, error
     assert outcomes[("balanced", "zarr-python+pcodec")].opened
 
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rxrx2_zarr._errors import SiteNotFoundError
-from rxrx2_zarr._reader import Dataset
-from rxrx2_zarr._reader import open as open_store
-from rxrx2_zarr._render import montage, render_planes, show, to_rgb
+from rxrx2_zarr import Dataset, SiteNotFoundError, render_rgb
+from rxrx2_zarr import open as open_store
+from rxrx2_zarr._render import montage, render_planes, show
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -52,7 +51,7 @@ def test_reference_formula_by_hand() -> None:
     assert reference_pixel({1: 51, 3: 64}) == (255, 0, 255)
 
 
-def test_to_rgb_equals_formula_on_known_values() -> None:
+def test_render_rgb_equals_formula_on_known_values() -> None:
     pixels = np.zeros((6, 2, 4), dtype=np.uint8)
     pixels[0] = [[0, 25, 51, 255], [1, 2, 3, 4]]
     pixels[1] = [[0, 50, 107, 10], [200, 0, 0, 7]]
@@ -60,52 +59,52 @@ def test_to_rgb_equals_formula_on_known_values() -> None:
     pixels[3] = [[5, 191, 0, 100], [0, 0, 96, 0]]
     pixels[4] = [[0, 0, 89, 44], [9, 0, 0, 90]]
     pixels[5] = [[191, 0, 0, 12], [0, 95, 0, 255]]
-    got = to_rgb(pixels)
+    got = render_rgb(pixels)
     assert got.dtype == np.uint8 and got.shape == (2, 4, 3)
     for y in range(2):
         for x in range(4):
             expected = reference_pixel({c: float(pixels[c - 1, y, x]) for c in range(1, 7)})
             assert tuple(int(v) for v in got[y, x]) == expected, (y, x)
     # a subset of channels contributes only those channels
-    subset = to_rgb(pixels, channels=(2, 5))
+    subset = render_rgb(pixels, channels=(2, 5))
     for y in range(2):
         for x in range(4):
             assert tuple(int(v) for v in subset[y, x]) == reference_pixel({2: pixels[1, y, x], 5: pixels[4, y, x]})
 
 
-def test_to_rgb_every_value_of_every_channel() -> None:
+def test_render_rgb_every_value_of_every_channel() -> None:
     values = np.arange(256, dtype=np.uint8)
     for channel in range(1, 7):
         pixels = np.zeros((6, 1, 256), dtype=np.uint8)
         pixels[channel - 1, 0] = values
-        got = to_rgb(pixels, channels=(channel,))
+        got = render_rgb(pixels, channels=(channel,))
         expected = [reference_pixel({channel: float(v)}) for v in values]
         assert [tuple(int(c) for c in p) for p in got[0]] == expected, channel
 
 
-def test_to_rgb_batches_planes_and_vmax() -> None:
+def test_render_rgb_batches_planes_and_vmax() -> None:
     rng = np.random.default_rng(0)
     sites = rng.integers(0, 256, size=(3, 6, 5, 7), dtype=np.uint8)
-    batch = to_rgb(sites)
+    batch = render_rgb(sites)
     assert batch.shape == (3, 5, 7, 3)
     for k in range(3):
-        np.testing.assert_array_equal(batch[k], to_rgb(sites[k]))
+        np.testing.assert_array_equal(batch[k], render_rgb(sites[k]))
     # planes given for just the channels rendered, in their order
-    np.testing.assert_array_equal(to_rgb(sites[:, [4, 1]], channels=(5, 2)), to_rgb(sites, channels=(5, 2)))
-    np.testing.assert_array_equal(render_planes(sites[:, [0]], (1,)), to_rgb(sites, channels=(1,)))
-    half = to_rgb(sites[0], vmax=127.5)
+    np.testing.assert_array_equal(render_rgb(sites[:, [4, 1]], channels=(5, 2)), render_rgb(sites, channels=(5, 2)))
+    np.testing.assert_array_equal(render_planes(sites[:, [0]], (1,)), render_rgb(sites, channels=(1,)))
+    half = render_rgb(sites[0], vmax=127.5)
     assert tuple(int(v) for v in half[0, 0]) == reference_pixel({c: float(sites[0, c - 1, 0, 0]) for c in range(1, 7)}, 127.5)
 
 
-def test_to_rgb_rejects_bad_input() -> None:
+def test_render_rgb_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="channel"):
-        to_rgb(np.zeros((6, 2, 2), np.uint8), channels=(0,))
+        render_rgb(np.zeros((6, 2, 2), np.uint8), channels=(0,))
     with pytest.raises(ValueError, match="channel"):
-        to_rgb(np.zeros((6, 2, 2), np.uint8), channels=())
+        render_rgb(np.zeros((6, 2, 2), np.uint8), channels=())
     with pytest.raises(ValueError, match="planes"):
-        to_rgb(np.zeros((4, 2, 2), np.uint8), channels=(1, 2))
+        render_rgb(np.zeros((4, 2, 2), np.uint8), channels=(1, 2))
     with pytest.raises(ValueError, match="shape"):
-        to_rgb(np.zeros((2, 2), np.uint8))
+        render_rgb(np.zeros((2, 2), np.uint8))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +122,7 @@ def test_montage_tiles_and_labels(ds: Dataset) -> None:
     assert label > 0 and image.height == rows * (64 + label)
     # each tile is the site's rendering, shrunk by area averaging (96 -> 64 px)
     for k, site_id in enumerate(ids):
-        expected = Image.fromarray(to_rgb(ds.site(site_id))).resize((64, 64), Image.Resampling.BOX)
+        expected = Image.fromarray(render_rgb(ds.site(site_id))).resize((64, 64), Image.Resampling.BOX)
         tile = image.crop(((k % columns) * 64, (k // columns) * (64 + label), (k % columns) * 64 + 64, (k // columns) * (64 + label) + 64))
         np.testing.assert_array_equal(np.asarray(tile), np.asarray(expected))
         strip = np.asarray(image.crop(((k % columns) * 64, (k // columns) * (64 + label) + 64, (k % columns) * 64 + 64, (k // columns + 1) * (64 + label))))
@@ -142,7 +141,7 @@ def test_show_writes_a_montage_png(store: Path, tmp_path: Path, ds: Dataset) -> 
         assert image.format == "PNG" and image.mode == "RGB"
         assert image.width == 2 * 96 and image.height > 2 * 96
         first = np.asarray(image.convert("RGB"))[:96, :96]
-    np.testing.assert_array_equal(first, to_rgb(ds.site(ids[0])))
+    np.testing.assert_array_equal(first, render_rgb(ds.site(ids[0])))
 
 
 def test_show_by_selection_caps_tiles(store: Path, tmp_path: Path, ds: Dataset) -> None:
@@ -152,7 +151,7 @@ def test_show_by_selection_caps_tiles(store: Path, tmp_path: Path, ds: Dataset) 
     with Image.open(out) as image:
         assert image.width == 2 * 32  # three tiles: 2 columns x 2 rows
         first = np.asarray(image.convert("RGB"))[:32, :32]
-    expected = Image.fromarray(to_rgb(controls.site(controls.site_ids[0]))).resize((32, 32), Image.Resampling.BOX)
+    expected = Image.fromarray(render_rgb(controls.site(controls.site_ids[0]))).resize((32, 32), Image.Resampling.BOX)
     np.testing.assert_array_equal(first, np.asarray(expected))
 
 
@@ -173,10 +172,10 @@ def test_dataset_to_rgb(ds: Dataset) -> None:
     site_id = ds.site_ids[0]
     single = ds.to_rgb(site_id)
     assert single.shape == (96, 96, 3) and single.dtype == np.uint8
-    np.testing.assert_array_equal(single, to_rgb(ds.site(site_id)))
+    np.testing.assert_array_equal(single, render_rgb(ds.site(site_id)))
     several = ds.to_rgb(ds.site_ids[:2], channels=(1, 4))
     assert several.shape == (2, 96, 96, 3)
-    np.testing.assert_array_equal(several[1], to_rgb(ds.site(ds.site_ids[1]), channels=(1, 4)))
+    np.testing.assert_array_equal(several[1], render_rgb(ds.site(ds.site_ids[1]), channels=(1, 4)))
 
 
 def test_cli_show(store: Path, tmp_path: Path, ds: Dataset) -> None:

@@ -30,12 +30,11 @@ from _services import (
 from click.testing import CliRunner
 from PIL import Image
 
-from rxrx2_zarr import _lock
+from rxrx2_zarr import _lock, synth
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._errors import ImageError, StoreLockedError
 from rxrx2_zarr._plan import ConversionPlan, make_plan
 from rxrx2_zarr._storage import StoreIO
-from rxrx2_zarr._synth import synth
 from rxrx2_zarr._verify import verify
 from rxrx2_zarr.cli import main as cli
 
@@ -136,7 +135,7 @@ def _png_pixels(tree: Path, plan: ConversionPlan) -> dict[str, np.ndarray[Any, n
 
 def _check_reader(url: str, options: dict[str, Any] | None, tree: Path, plan: ConversionPlan) -> None:
     """Open the store with the reader and compare every pixel of every site with the PNGs."""
-    from rxrx2_zarr._reader import open as open_store
+    from rxrx2_zarr._dataset import open as open_store
 
     ds = open_store(url, storage_options=options)
     expected = _png_pixels(tree, plan)
@@ -323,7 +322,7 @@ def test_cluster_survives_a_killed_worker(s3: MotoS3, big_tree: Path, tmp_path: 
     # every site task takes >= 0.4 s on the workers, so the run lasts seconds and the kill lands mid-run
     with dask_cluster(tmp_path / "cluster", 2, preload=True, env={SITE_SECONDS_ENV: "0.4"}) as cluster:
         run = rxrx2_cli(
-            ["convert", str(big_tree), url, "--scheduler", cluster.address, "--inner-chunks", INNER_FLAG,
+            ["convert", str(big_tree), url, "--scheduler", cluster.address, "--inner-chunks", INNER_FLAG, "--progress",
              *s3.cli_options("--dst-storage-option")],
             tmp_path / "convert.log",
         )
@@ -350,7 +349,7 @@ def test_cluster_survives_a_killed_worker(s3: MotoS3, big_tree: Path, tmp_path: 
         with cluster.client() as client:  # the scheduler saw the loss: one worker left
             assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
     output = run.output()
-    assert f"converted {n} of {n} site(s)" in output, output
+    assert f"converted {n} of {n} sites" in output, output
     assert f"Dask cluster at {cluster.address}" in output
     assert f"{n}/{n}" in output  # the progress bar reached the end
     assert markers <= s3.keys(bucket, "rxrx2.zarr/")
@@ -360,14 +359,15 @@ def test_cluster_survives_a_killed_worker(s3: MotoS3, big_tree: Path, tmp_path: 
 def test_local_process_cluster_from_the_command_line(tree: Path, plan: ConversionPlan, tmp_path: Path) -> None:
     n = len(plan.items)
     out = tmp_path / "processes.zarr"
-    run = rxrx2_cli(["convert", str(tree), str(out), "--workers", "2", "--processes", "--inner-chunks", INNER_FLAG],
+    run = rxrx2_cli(["convert", str(tree), str(out), "--workers", "2", "--processes", "--inner-chunks", INNER_FLAG,
+                     "--progress"],  # the log is a file, not a terminal: ask for the bar
                     tmp_path / "convert.log")
     try:
         assert run.wait(300) == 0, run.output()
     finally:
         run.stop()
     output = run.output()
-    assert f"converted {n} of {n} site(s)" in output and "local Dask cluster, 2 worker process(es)" in output, output
+    assert f"converted {n} of {n} sites" in output and "local Dask cluster, 2 worker process(es)" in output, output
     assert f"{n}/{n}" in output
     _assert_verified(str(tree), str(out), n)
     root = json.loads((out / "zarr.json").read_text())["attributes"]["rxrx2"]
@@ -384,7 +384,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
 def test_reader_computes_on_a_distributed_client(s3: MotoS3, s3_store: str, cluster: DaskCluster) -> None:
     """``open(s3 store).images`` reductions give the same answer on a cluster (workers reading the bucket) as on
     local threads."""
-    from rxrx2_zarr._reader import open as open_store
+    from rxrx2_zarr._dataset import open as open_store
 
     ds = open_store(s3_store, storage_options=s3.storage_options)
     local_mean = np.asarray(ds.images.mean(axis=(0, 2, 3)).compute(scheduler="threads"))

@@ -215,7 +215,7 @@ def test_every_problem_is_listed(tmp_path: Path, sample: list[str]) -> None:
     with pytest.raises(MetadataError) as excinfo:
         load_metadata(_write(tmp_path, lines))
     message = str(excinfo.value)
-    assert "2 problem(s)" in message
+    assert "2 problems" in message
     assert "line 4" in message and "line 8" in message
 
 

@@ -158,7 +158,7 @@ def test_thumbnail_is_the_rounded_block_mean(pixels: np.ndarray) -> None:
             block = pixels[:, ty * 8 : ty * 8 + 8, tx * 8 : tx * 8 + 8].astype(np.int64)
             n = block.shape[1] * block.shape[2]
             np.testing.assert_array_equal(thumb[:, ty, tx], (block.sum(axis=(1, 2)) + n // 2) // n)
-    data = encode_thumbnail(thumb, 19)
+    data = encode_thumbnail(thumb)
     np.testing.assert_array_equal(decode_thumbnail(data, thumb.shape), thumb)
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 1

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import imagecodecs
@@ -15,17 +18,9 @@ import pytest
 from rxrx2_zarr._errors import StoreExistsError
 from rxrx2_zarr._paths import GRID_ROWS, image_path, parse_image_path, parse_site_id
 from rxrx2_zarr._schema import METADATA_COLUMNS, load_embeddings, load_metadata
-from rxrx2_zarr._synth import (
-    EMPTY,
-    FACTORS,
-    SynthReport,
-    _layout,
-    _strength,
-    dose_series,
-    render_site,
-    site_embeddings,
-    synth,
-)
+from rxrx2_zarr.testing import EMPTY, FACTORS, SynthReport, dose_series, render_site, site_embeddings, synth
+from rxrx2_zarr.testing._phenotype import strength
+from rxrx2_zarr.testing._plates import plate_layout
 
 SUBSET = Path(__file__).parent / "data" / "rxrx2-metadata-subset.csv"
 SMALL = 64
@@ -258,8 +253,8 @@ def test_full_layout_metadata_only(tmp_path: Path) -> None:
         assert sum(1 for _ in handle) == 131_953
 
 
-def test_one_plate_layout() -> None:
-    rows = _layout(1, 1, 1380, 4, seed=0)
+def test_one_plateplate_layout() -> None:
+    rows = plate_layout(1, 1, 1380, 4, seed=0)
     assert len(rows) == 1380 * 4 - round(1380 * 4 * 527 / 132480)
     wells = {r.key.well_id: r for r in rows}
     assert len(wells) == 1380  # every interior well
@@ -278,7 +273,7 @@ def test_one_plate_layout() -> None:
 def test_treatments_move_embeddings() -> None:
     keys = [parse_site_id(f"HUVEC-1_1_C{c:02d}_{s}") for c in range(2, 22) for s in (1, 2)]
     n = len(keys)
-    strong = max(FACTORS[:37], key=lambda f: _strength(0, f, 0.1))
+    strong = max(FACTORS[:37], key=lambda f: strength(0, f, 0.1))
     empty = site_embeddings(keys, [EMPTY] * n, [math.nan] * n, 64)
     treated = site_embeddings(keys, [strong] * n, [0.1] * n, 64)
     treated_low = site_embeddings(keys, [strong] * n, [1e-6] * n, 64)
@@ -290,7 +285,7 @@ def test_treatments_move_embeddings() -> None:
     assert (
         float(np.linalg.norm(treated_low.mean(axis=0) - empty.mean(axis=0))) < 0.5 * shift
     )  # dose-dependent
-    assert _strength(0, strong, 1e-6) < _strength(0, strong, 1e-3) < _strength(0, strong, 0.1)
+    assert strength(0, strong, 1e-6) < strength(0, strong, 1e-3) < strength(0, strong, 0.1)
 
 
 def test_render_site_is_deterministic_and_treatment_dependent() -> None:
@@ -317,3 +312,21 @@ def test_realism_at_full_size(tmp_path: Path) -> None:
         assert 3.0 <= mean <= 20.0, (c, mean)
         assert 3.0 <= std <= 15.0, (c, std)
     assert 150_000 <= report.mean_png_bytes <= 350_000, report.mean_png_bytes
+
+
+def test_generator_is_off_the_core_import_path() -> None:
+    """The core (reader, writer, verify, info, the CLI module) never imports the generator, the timing helpers or
+    the demo; loading the ``rxrx2.vpredict`` codec through zarr's entry point imports neither them nor pandas."""
+    script = (
+        "import json, sys, zarr\n"
+        "zarr.registry.get_codec_class('rxrx2.vpredict')\n"
+        "codec = sorted(sys.modules)\n"
+        "import rxrx2_zarr._convert, rxrx2_zarr._verify, rxrx2_zarr._info, rxrx2_zarr._transcode, rxrx2_zarr.cli\n"
+        "print(json.dumps({'codec': codec, 'core': sorted(sys.modules)}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "rxrx2_zarr._codec" in loaded["codec"]
+    assert not [m for m in loaded["codec"] if m.split(".")[0] == "pandas" or m.startswith("rxrx2_zarr.testing")]
+    assert "pandas" in loaded["core"]  # the converter does import pandas: the check above can see it
+    assert not [m for m in loaded["core"] if m.startswith("rxrx2_zarr.testing")]

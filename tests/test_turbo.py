@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from rxrx2_zarr import _turbo
 from rxrx2_zarr._errors import CodecError
-from rxrx2_zarr._synth import render_site
 from rxrx2_zarr._turbo import ChunkHeader, TurboConfig
 from rxrx2_zarr._turbo_format import HEADER, HEADER_BYTES
+from rxrx2_zarr.testing import render_site
 
 ROOT = Path(__file__).resolve().parent.parent
 Pixels = np.ndarray[Any, np.dtype[np.uint8]]
@@ -270,7 +270,7 @@ def test_kernels_never_index_out_of_bounds(tmp_path: Path) -> None:
         "import numpy as np\n"
         "from rxrx2_zarr import _turbo\n"
         "from rxrx2_zarr._errors import CodecError\n"
-        "from rxrx2_zarr._synth import render_site\n"
+        "from rxrx2_zarr.testing import render_site\n"
         "rng = np.random.default_rng(11)\n"
         "base = _turbo.encode(render_site('HUVEC-1_1_B02_3', 'EMPTY', float('nan'), size=96, seed=2), _turbo.TurboConfig(tile=(16, 48)))\n"
         "decoded = rejected = 0\n"

@@ -6,32 +6,41 @@ import os
 import tempfile
 from collections.abc import Callable
 
-from ._convert import ConvertOptions, convert
+from .._convert import ConvertOptions, convert
+from .._verify import verify
 from ._synth import synth
 from ._timing import PngSiteReader, time_calls
-from ._verify import verify
 
 __all__ = ["demo"]
 
 
-def demo(workdir: str | None, *, size: int = 1024, wells: int = 4, workers: int = 2, echo: Callable[[str], None] = print) -> None:
-    """Run the whole pipeline on a small generated dataset in ``workdir`` (a new temporary directory if None)."""
+def demo(
+    workdir: str | None,
+    *,
+    size: int = 1024,
+    wells: int = 4,
+    workers: int = 2,
+    echo: Callable[[str], None] = print,
+    progress: bool = False,
+) -> None:
+    """Run the whole pipeline on a small generated dataset in ``workdir`` (a new temporary directory if None),
+    telling ``echo`` what it does and measures; ``progress`` draws the bars of generating, converting, verifying."""
     root = workdir or tempfile.mkdtemp(prefix="rxrx2-zarr-demo-")
     os.makedirs(root, exist_ok=True)
     src, dst = os.path.join(root, "rxrx2"), os.path.join(root, "rxrx2.zarr")
     echo(f"[1/4] generating an RxRx2-shaped dataset in {src} (1 experiment x 2 plates x {wells} wells x 4 sites, {size}x{size})")
-    generated = synth(src, experiments=1, plates=2, wells=wells, sites=4, size=size, seed=0, workers=workers, progress=True)
+    generated = synth(src, experiments=1, plates=2, wells=wells, sites=4, size=size, seed=0, workers=workers, progress=progress)
     echo(generated.summary())
     echo(f"[2/4] converting to {dst}")
-    report = convert(src, dst, ConvertOptions(workers=workers, overwrite=True))
+    report = convert(src, dst, ConvertOptions(workers=workers, overwrite=True, progress=progress))
     echo(report.summary())
     echo("[3/4] verifying every pixel, checksum, NGFF document, the index and the embeddings")
-    checked = verify(src, dst, workers=workers)
+    checked = verify(src, dst, workers=workers, progress=progress)
     echo(checked.summary())
     if not checked.ok:
         raise SystemExit(1)
     echo("[4/4] reading sites: store vs PNG (same sites, one thread, median of 3 rounds)")
-    from ._reader import open as open_store
+    from .._dataset import open as open_store
 
     dataset = open_store(dst)
     site_ids = list(dataset.sites.index[: min(12, len(dataset))])
@@ -40,9 +49,9 @@ def demo(workdir: str | None, *, size: int = 1024, wells: int = 4, workers: int 
     rows = [
         ("full site, Pillow PNG (6 files)", time_calls(png["pillow"].site, site_ids, 3)),
         ("full site, imagecodecs PNG (6 files)", time_calls(png["imagecodecs"].site, site_ids, 3)),
-        ("full site, Zarr store", time_calls(lambda s: dataset.site(s, parallel=False), site_ids, 3)),
+        ("full site, Zarr store", time_calls(lambda s: dataset.site(s, threads=1), site_ids, 3)),
         (f"{crop[1]}x{crop[3]} crop, imagecodecs PNG", time_calls(lambda s: png["imagecodecs"].crop(s, crop), site_ids, 3)),
-        (f"{crop[1]}x{crop[3]} crop, Zarr store", time_calls(lambda s: dataset.read([s], region=crop, parallel=False), site_ids, 3)),
+        (f"{crop[1]}x{crop[3]} crop, Zarr store", time_calls(lambda s: dataset.read([s], region=crop, threads=1), site_ids, 3)),
     ]
     store_full = rows[2][1].median_ms
     for label, timing in rows:

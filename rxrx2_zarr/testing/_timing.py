@@ -18,8 +18,8 @@ import imagecodecs
 import numpy as np
 import numpy.typing as npt
 
-from ._paths import parse_site_id
-from ._storage import StoreIO
+from .._paths import parse_site_id
+from .._storage import StoreIO
 
 __all__ = ["PngSiteReader", "Timing", "time_calls", "time_throughput"]
 
