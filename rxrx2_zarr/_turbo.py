@@ -42,7 +42,17 @@ from ._turbo_format import (
     VERSION,
 )
 
-__all__ = ["BACKEND_ENV", "ChunkHeader", "TurboConfig", "backend", "decode", "decode_region", "encode"]
+__all__ = [
+    "BACKEND_ENV",
+    "ChunkHeader",
+    "TurboConfig",
+    "backend",
+    "config_from_json",
+    "config_to_json",
+    "decode",
+    "decode_region",
+    "encode",
+]
 
 Pixels = npt.NDArray[np.uint8]
 #: Environment variable choosing the implementation: ``auto`` (default: numba if importable), ``numba``, ``numpy``.
@@ -77,6 +87,31 @@ class TurboConfig:
         log = self.table_log
         if not isinstance(log, int) or isinstance(log, bool) or not MIN_TABLE_LOG <= log <= MAX_TABLE_LOG:
             raise ValueError(f"rxrx2.turbo table_log must be {MIN_TABLE_LOG}..{MAX_TABLE_LOG}, got {log!r}")
+
+
+_CONFIG_KEYS = frozenset({"tile", "predictor", "table_log"})
+
+
+def config_from_json(configuration: Any) -> TurboConfig:
+    """A :class:`TurboConfig` from the ``configuration`` of a Zarr codec document (every key optional);
+    ValueError for anything else."""
+    if configuration is None:
+        return TurboConfig()
+    if not isinstance(configuration, dict) or set(configuration) - _CONFIG_KEYS:
+        raise ValueError(f"rxrx2.turbo configuration must be an object with keys {sorted(_CONFIG_KEYS)}, got {configuration!r}")
+    tile = configuration.get("tile", list(DEFAULT_TILE))
+    if not isinstance(tile, list | tuple):
+        raise ValueError(f"rxrx2.turbo tile must be [rows, columns], got {tile!r}")
+    return TurboConfig(
+        tile=tuple(tile),  # TurboConfig checks it is two integers
+        predictor=configuration.get("predictor", "up3"),
+        table_log=configuration.get("table_log", DEFAULT_TABLE_LOG),
+    )
+
+
+def config_to_json(config: TurboConfig) -> dict[str, Any]:
+    """The ``configuration`` of a Zarr codec document for ``config`` (the inverse of :func:`config_from_json`)."""
+    return {"tile": list(config.tile), "predictor": config.predictor, "table_log": config.table_log}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from zarr.abc.codec import ArrayBytesCodec
 
 from . import _turbo
 from ._errors import CodecError
-from ._turbo import TurboConfig
+from ._turbo import TurboConfig, config_from_json, config_to_json
 from ._turbo_format import DEFAULT_TABLE_LOG, DEFAULT_TILE
 
 if TYPE_CHECKING:
@@ -35,27 +35,13 @@ if TYPE_CHECKING:
 __all__ = ["CODEC_NAME", "TurboCodec", "TurboNumcodec", "register"]
 
 CODEC_NAME = "rxrx2.turbo"
-_KEYS = frozenset({"tile", "predictor", "table_log"})
 
 
 def _config(configuration: Any, where: str) -> TurboConfig:
-    """A validated :class:`TurboConfig` from a codec document's ``configuration`` (all keys optional)."""
-    if configuration is None:
-        return TurboConfig()
-    if not isinstance(configuration, dict) or set(configuration) - _KEYS:
-        raise ValueError(f"{where}: {CODEC_NAME} configuration must be an object with keys {sorted(_KEYS)}, got {configuration!r}")
-    tile = configuration.get("tile", list(DEFAULT_TILE))
-    if not isinstance(tile, list | tuple):
-        raise ValueError(f"{where}: {CODEC_NAME} tile must be [rows, columns], got {tile!r}")
-    return TurboConfig(
-        tile=tuple(tile),  # TurboConfig checks it is two integers
-        predictor=configuration.get("predictor", "up3"),
-        table_log=configuration.get("table_log", DEFAULT_TABLE_LOG),
-    )
-
-
-def _configuration(config: TurboConfig) -> dict[str, Any]:
-    return {"tile": list(config.tile), "predictor": config.predictor, "table_log": config.table_log}
+    try:
+        return config_from_json(configuration)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -73,7 +59,7 @@ class TurboCodec(ArrayBytesCodec):
         return cls(_config(data.get("configuration"), "codec document"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": CODEC_NAME, "configuration": _configuration(self.config)}
+        return {"name": CODEC_NAME, "configuration": config_to_json(self.config)}
 
     # chunk_grid is a ChunkGrid in zarr 3.1 and chunk-grid metadata in 3.4; this codec does not look at it
     def validate(self, shape: tuple[int, ...], dtype: Any, chunk_grid: Any) -> None:
@@ -134,7 +120,7 @@ class TurboNumcodec(NumcodecsCodec):  # type: ignore[misc]  # numcodecs is untyp
         return out
 
     def get_config(self) -> dict[str, Any]:
-        return {"id": CODEC_NAME, **_configuration(self.config)}
+        return {"id": CODEC_NAME, **config_to_json(self.config)}
 
     def __repr__(self) -> str:
         c = self.config

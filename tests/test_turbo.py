@@ -402,3 +402,64 @@ def test_backend_choice_by_environment(tmp_path: Path) -> None:
     env["RXRX2_TURBO_BACKEND"] = "fast"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "RXRX2_TURBO_BACKEND must be auto, numba or numpy" in result.stderr
+
+
+# --- the turbo profile: conversion, the direct shard path, transcode ----------------------------------------------------
+
+
+def test_turbo_profile_store(source_tree: Path, tmp_path: Path, registered: None) -> None:
+    """A store of the turbo profile: its chain, its pixels through this package and through zarr-python (with the
+    codec found through this package's entry point), verify, and transcode to a core-codec store and back."""
+    import zarr
+
+    from rxrx2_zarr import open as open_store
+    from rxrx2_zarr._convert import ConvertOptions, convert
+    from rxrx2_zarr._transcode import transcode
+    from rxrx2_zarr._verify import verify
+
+    out = tmp_path / "turbo.zarr"
+    convert(str(source_tree), str(out), ConvertOptions(profile="turbo", limit=4, progress=False))
+    dataset = open_store(str(out))
+    paths = zarr.open_group(str(out), path="index", mode="r")
+    for site_id, path in zip(paths["site_id"][:], paths["path"][:], strict=True):
+        document = json.loads((out / path / "zarr.json").read_text())
+        chain = document["codecs"][0]["configuration"]["codecs"]
+        assert [c["name"] for c in chain] == ["rxrx2.turbo", "crc32c"]
+        pixels = dataset.read(site_id)[0]
+        assert np.array_equal(zarr.open_array(str(out), path=path, mode="r")[:], pixels)
+        assert np.array_equal(dataset.read(site_id, region=(7, 90, 20, 61))[0], pixels[:, 7:90, 20:61])
+    assert verify(str(source_tree), str(out)).ok
+    core = tmp_path / "core.zarr"
+    transcode(str(out), str(core), ConvertOptions(profile="zstd", progress=False))
+    back = tmp_path / "back.zarr"
+    transcode(str(core), str(back), ConvertOptions(profile="turbo", progress=False))
+    assert verify(str(out), str(core)).ok and verify(str(core), str(back)).ok  # a transcode is verified against its source
+    assert np.array_equal(open_store(str(back)).read(site_id)[0], pixels)
+
+
+def test_shard_crops_decode_only_their_tiles(site: Pixels) -> None:
+    """The direct shard path's windowed decode (rxrx2.turbo decodes the tiles a crop touches) equals slicing a
+    full decode, for crops inside one chunk and across chunks, and a damaged tile outside the crop is not read."""
+    from rxrx2_zarr._codec_table import ShardDataError
+    from rxrx2_zarr._layout import SiteArraySpec
+    from rxrx2_zarr._shard import ShardCodec
+
+    spec = SiteArraySpec(256, 256, (256, 256), "turbo")
+    codec = ShardCodec(spec)
+    shard = codec.encode(site)
+    full = codec.decode(shard)
+    assert np.array_equal(full, site)
+    rng = np.random.default_rng(3)
+    for _ in range(12):
+        y0, x0 = int(rng.integers(0, 200)), int(rng.integers(0, 200))
+        y1, x1 = int(rng.integers(y0 + 1, 257)), int(rng.integers(x0 + 1, 257))
+        channels = sorted({int(c) for c in rng.integers(0, 6, 3)})
+        assert np.array_equal(codec.decode(shard, channels=channels, region=(y0, y1, x0, x1)), site[channels, y0:y1, x0:x1])
+    spec2 = SiteArraySpec(256, 256, (128, 128), "turbo")
+    codec2 = ShardCodec(spec2)
+    assert np.array_equal(codec2.decode(codec2.encode(site), region=(100, 200, 60, 190)), site[:, 100:200, 60:190])
+    # the chunk's crc32c covers every tile, so damage anywhere in the chunk is still caught on a crop
+    damaged = bytearray(shard)
+    damaged[len(shard) // 3] ^= 0x01
+    with pytest.raises(ShardDataError, match="crc32c"):
+        codec.decode(bytes(damaged), region=(0, 8, 0, 8))
