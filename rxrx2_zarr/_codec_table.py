@@ -386,10 +386,9 @@ class Turbo(Codec):
     def decode_into(self, data: bytes | memoryview, out: Pixels, what: str) -> None:
         from . import _turbo
 
-        self._header(data, what)
-        try:
+        try:  # ``out`` holds exactly nbytes: a chunk of another size is refused before anything is written
             _turbo.decode(data, out=out)
-        except CodecError as exc:
+        except ValueError as exc:  # CodecError is one
             raise ShardDataError(f"{what}: {exc}") from None
 
     def decode_window_into(self, data: bytes | memoryview, window: tuple[slice, slice], out: Pixels, what: str) -> None:

@@ -16,6 +16,7 @@ imports neither (nor numba); the first encode or decode does.
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import threading
 import warnings
@@ -255,20 +256,39 @@ def _run(buf: npt.NDArray[np.uint8], out: Pixels, tiles: tuple[int, int, int, in
         raise CodecError(f"rxrx2.turbo chunk is corrupt: {ERR_MESSAGES.get(code, f'error {code}')}{where}")
 
 
+_SHAPE_AND_TILE = struct.Struct("<IIIHH")  # images, height, width, tile height, tile width (header bytes 8..23)
+
+
 def decode(data: Any, out: Pixels | None = None) -> Pixels:
     """Decode a whole chunk into a new ``(images, height, width)`` array, or into ``out`` (any shape with that
     many elements, C-contiguous uint8)."""
     buf = _buffer(data)
-    header = ChunkHeader.parse(buf)
-    shape = header.shape
-    if out is None:
-        target = np.empty(shape, dtype=np.uint8)
+    if out is None or buf.size < HEADER_BYTES:
+        header = ChunkHeader.parse(buf)  # validated before allocating what the header asks for
+        shape, tile = header.shape, (header.tile_height, header.tile_width)
+        target = np.empty(shape, dtype=np.uint8) if out is None else out
     else:
-        if out.dtype != np.uint8 or out.size != int(np.prod(shape)) or not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous uint8 with {int(np.prod(shape))} elements, got {out.dtype} {out.shape}")
+        # into a caller's buffer: only the shape is read here (the kernel validates the whole header, and a bad
+        # one is then described by ChunkHeader.parse); this keeps the GIL-holding part of a decode short
+        images, height, width, th, tw = _SHAPE_AND_TILE.unpack(buf[8:24].tobytes())
+        shape, tile = (images, height, width), (max(th, 1), max(tw, 1))
+    if out is not None:
+        if out.dtype != np.uint8 or out.size != _pixels_in(shape) or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous uint8 with {_pixels_in(shape)} elements, got {out.dtype} {out.shape}")
         target = out.reshape(shape)
-    _run(buf, target, header.tiles_for((0, header.height, 0, header.width)))
+    tiles = (0, -(-shape[1] // tile[0]), 0, -(-shape[2] // tile[1]))
+    try:
+        _run(buf, target, tiles)
+    except CodecError as exc:
+        if "malformed chunk header" in str(exc) or "shape differs" in str(exc):
+            ChunkHeader.parse(buf)  # names what is wrong with the header
+        raise
     return target if out is None else out
+
+
+def _pixels_in(shape: tuple[int, int, int]) -> int:
+    """Pixels in an ``(images, height, width)`` chunk."""
+    return shape[0] * shape[1] * shape[2]
 
 
 def decode_region(data: Any, region: tuple[int, int, int, int], out: Pixels | None = None) -> Pixels:
