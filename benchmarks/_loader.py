@@ -24,7 +24,7 @@ import psutil
 
 from rxrx2_zarr._convert import ConvertOptions, convert
 from rxrx2_zarr._crops import Crop, CropPlan
-from rxrx2_zarr._layout import DEFAULT_PROFILE
+from rxrx2_zarr._layout import DEFAULT_PROFILE, PROFILES
 from rxrx2_zarr._paths import parse_site_id
 
 from ._access import PngSiteReader, StoreSiteReader, decode_png_bytes, open_store, same
@@ -154,39 +154,43 @@ def _children() -> set[int]:
     return set()
 
 
-def loader_store(ctx: Context) -> Path:
-    """The first ``read_sites`` sites in the default profile with inner chunks of the crop's size (a crop aligned
-    to them decodes one chunk per channel), converted once per pixel dataset and writer version (cached: this
-    conversion is not timed)."""
+def loader_store(ctx: Context, profile: str = DEFAULT_PROFILE) -> Path:
+    """The first ``read_sites`` sites in ``profile`` with inner chunks of the crop's size (a crop aligned to them
+    decodes one chunk per channel, and every store's aligned crops are the same), converted once per pixel dataset
+    and writer version (cached: this conversion is not timed)."""
     crop, limit = ctx.config.crop, ctx.config.read_sites
-    params = {"pixels": ctx.src.parent.name, "profile": DEFAULT_PROFILE, "inner_chunks": [crop, crop], "limit": limit}
+    inner = (crop, crop)
+    params = {"pixels": ctx.src.parent.name, "profile": profile, "inner_chunks": list(inner), "limit": limit}
 
     def build(tmp: Path) -> None:
-        log(f"converting {limit} sites of the pixel dataset with {crop} x {crop} inner chunks for the loader (cached)")
+        log(f"converting {limit} sites of the pixel dataset, profile {profile}, {inner} inner chunks, for the loader (cached)")
         options = ConvertOptions(
-            profile=DEFAULT_PROFILE,
-            inner_chunks=(crop, crop),
-            limit=limit,
-            workers=ctx.config.max_threads,
-            progress=False,
+            profile=profile, inner_chunks=inner, limit=limit, workers=ctx.config.max_threads, progress=False
         )
         convert(str(ctx.src), str(tmp / "store.zarr"), options)
 
-    entry, _ = cached(ctx.cache, "loader-store", params, WRITER_MODULES, build)
+    entry, _ = cached(ctx.cache, f"loader-store-{profile}" if profile != DEFAULT_PROFILE else "loader-store", params, WRITER_MODULES, build)
     return entry / "store.zarr"
+
+
+#: Store sides besides the default profile's ("store"): the same loader passes over a store of each of these.
+OTHER_PROFILES = ("turbo",)
 
 
 def _crop(mode: str, size: int) -> Crop:
     return Crop.full() if mode == "full" else Crop.random(size) if mode == "random" else Crop.aligned(size)
 
 
-def _datasets(ctx: Context, store: Path, mode: str, decoders: list[str]) -> dict[str, Any]:
-    """Every side's dataset of one crop kind: the store's (read in the calling thread: one thread per read on
-    both sides, in the main process too) and the PNG decoders'."""
+def _datasets(ctx: Context, stores: dict[str, Path], mode: str, decoders: list[str]) -> dict[str, Any]:
+    """Every side's dataset of one crop kind: the stores' (read in the calling thread: one thread per read on
+    both sides, in the main process too; "store" is the default profile's) and the PNG decoders'."""
     from rxrx2_zarr.torch import SiteDataset
 
-    data = SiteDataset(open_store(str(store)), crop=_crop(mode, ctx.config.crop), threads=1, seed=ctx.config.seed)
-    sides: dict[str, Any] = {"store": data}
+    crop = _crop(mode, ctx.config.crop)
+    sides: dict[str, Any] = {
+        name: SiteDataset(open_store(str(path)), crop=crop, threads=1, seed=ctx.config.seed) for name, path in stores.items()
+    }
+    data = sides["store"]
     for decoder in decoders:
         sides[decoder] = PngDataset(str(ctx.src), data.site_ids, data.plan, data.seed, decoder)
     return sides
@@ -246,29 +250,38 @@ def _loaders(sides: dict[str, Any], sampler: Samples, mode: str, watch: RssWatch
 
 
 def _rows(
-    seconds: dict[str, list[float]], samples: int, mode: str, sides: list[str], columns: list[str], watch: RssWatch
+    seconds: dict[str, list[float]], samples: int, mode: str, sides: list[str], decoders: list[str], columns: list[str],
+    watch: RssWatch,
 ) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for column in columns:
         row: dict[str, Any] = {}
         for side in sides:
             label = _label(mode, side, column)
+            if label not in seconds:  # direct reads: the default store and Pillow only
+                continue
             row[side] = {
                 "samples_per_second": round(samples / median(seconds[label]), 2),
                 "runs_s": [round(v, 4) for v in seconds[label]],
             }
             if column != "direct":
                 row[side]["peak_rss_mb_per_worker"] = watch.peak_mb(label)
-        rates = {side: row[side]["samples_per_second"] for side in sides}
-        row["speedup"] = {f"vs_{d}": ratio(rates["store"], rates[d]) for d in sides[1:]}
+        rates = {side: row[side]["samples_per_second"] for side in sides if side in row}
+        png = [d for d in decoders if d in rates]
+        row["speedup"] = {f"vs_{d}": ratio(rates["store"], rates[d]) for d in png}
+        for other in (s for s in rates if s != "store" and s not in decoders):
+            row[f"{other}_speedup"] = {f"vs_{d}": ratio(rates[other], rates[d]) for d in png}
         rows[column] = row
     return rows
 
 
-def _run_mode(ctx: Context, store: Path, mode: str, decoders: list[str], samples: int, watch: RssWatch) -> dict[str, Any]:
+def _run_mode(
+    ctx: Context, stores: dict[str, Path], mode: str, decoders: list[str], samples: int, watch: RssWatch
+) -> dict[str, Any]:
     """Every side with 0 and 2 workers on the same keys (and for full sites the direct reads too): one warm-up
     pass each, then ``repeat`` rounds in which each makes one pass in turn."""
-    sides = _datasets(ctx, store, mode, decoders)
+    store = stores["store"]
+    sides = _datasets(ctx, stores, mode, decoders)
     sampler = Samples(len(sides["store"]), samples, ctx.config.seed)
     keys = list(sampler)
     _verify(sides, keys, mode)
@@ -292,7 +305,7 @@ def _run_mode(ctx: Context, store: Path, mode: str, decoders: list[str], samples
     loaders.clear()  # the persistent workers stop with their loaders, before the next crop kind starts its own
     gc.collect()
     columns = [str(w) for w in WORKERS] + (["direct"] if mode == "full" else [])
-    rows = _rows(seconds, samples, mode, list(sides), columns, watch)
+    rows = _rows(seconds, samples, mode, list(sides), decoders, columns, watch)
     direct = rows.pop("direct", None)
     result = {"sample_shape": list(sides["store"].sample_shape), "workers": rows}
     if direct is not None:
@@ -310,6 +323,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
     config = ctx.config
     store = loader_store(ctx)
+    stores = {"store": store, **{name: loader_store(ctx, name) for name in OTHER_PROFILES if name in PROFILES}}
     io, reason = _torchvision()
     decoders = ["pillow"] + (["torchvision"] if io is not None else [])
     # a few batches per pass, so that two workers both have work (a pass repeats sites under new crop draws)
@@ -323,7 +337,7 @@ def run(ctx: Context) -> dict[str, Any]:
         with RssWatch() as watch:
             for mode in MODES:
                 log(f"loader: {mode} ({samples} samples per pass, sides {['store', *decoders]}, workers {list(WORKERS)})")
-                modes[mode] = _run_mode(ctx, store, mode, decoders, samples, watch)
+                modes[mode] = _run_mode(ctx, stores, mode, decoders, samples, watch)
     finally:
         torch.set_num_threads(threads)
     spec = open_store(str(store)).spec
@@ -335,6 +349,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "crop": config.crop,
         "profile": spec.profile,
         "inner_chunks": list(spec.chunks),
+        "other_stores": {name: {"profile": name, "inner_chunks": list(open_store(str(path)).spec.chunks)} for name, path in stores.items() if name != "store"},
         "start_method": multiprocessing.get_start_method(),
         "torch": torch.__version__,
         "torchvision": {"available": io is not None, "reason": reason},

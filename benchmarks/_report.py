@@ -241,22 +241,18 @@ def _section_read_full(r: dict[str, Any]) -> list[str]:
         f"Library default `Dataset.site()` (read pool): p50 {_num(d['p50_ms'])} ms, p95 {_num(d['p95_ms'])} ms.",
         "",
     ]
-    if f.get("profiles_1_thread"):
-        lines += ["Other codec profiles, one thread (ms):", ""]
-        lines += _table(
-            ["profile", "p50", "p95", "vs Pillow", "vs imagecodecs"],
-            [
-                [
-                    p,
-                    v["p50_ms"],
-                    v["p95_ms"],
-                    f"{_num(v['speedup_vs_pillow'])}x",
-                    f"{_num(v['speedup_vs_imagecodecs'])}x",
-                ]
-                for p, v in f["profiles_1_thread"].items()
-            ],
-        )
-    return lines
+    return lines + _profile_table("Other codec profiles, one thread (ms)", f.get("profiles_1_thread"))
+
+
+def _profile_table(title: str, profiles: dict[str, Any] | None) -> list[str]:
+    """One row per codec profile's store: p50, p95 and the speed-ups against the PNG sides."""
+    if not profiles:
+        return []
+    rows = [
+        [p, v["p50_ms"], v["p95_ms"], f"{_num(v['speedup_vs_pillow'])}x", f"{_num(v['speedup_vs_imagecodecs'])}x"]
+        for p, v in profiles.items()
+    ]
+    return [f"{title}:", "", *_table(["profile", "p50", "p95", "vs Pillow", "vs imagecodecs"], rows)]
 
 
 def _section_read_crop(r: dict[str, Any]) -> list[str]:
@@ -279,6 +275,7 @@ def _section_read_crop(r: dict[str, Any]) -> list[str]:
             "",
             *_table(["side", "p50", "p95", "store speed-up (p50)"], _latency_rows(c[key], sides)),
         ]
+    lines += _profile_table("Crop, all channels, every codec profile, one thread (ms)", c.get("crop_profiles_1_thread"))
     return [*lines, c["notes"], ""]
 
 
@@ -490,19 +487,25 @@ def _section_startup(r: dict[str, Any]) -> list[str]:
 def _section_loader(r: dict[str, Any]) -> list[str]:
     lo = r["loader"]
     tv = lo["torchvision"]
-    sides = [s for s in ("store", "pillow", "torchvision") if s in lo["modes"]["full"]["workers"]["0"]]
+    first = lo["modes"]["full"]["workers"]["0"]
+    png = [s for s in ("pillow", "torchvision") if s in first]
+    stores = ["store", *(s for s in lo.get("other_stores", {}) if s in first)]
+    sides = [*stores, *png]
+    ratios = [(f"{store} vs {s}", "speedup" if store == "store" else f"{store}_speedup", s) for store in stores for s in png]
     rows = []
     for mode, m in lo["modes"].items():
         blocks = [*m["workers"].items(), *([("direct", m["direct_1_thread"])] if "direct_1_thread" in m else [])]
         for workers, row in blocks:
-            rss = " / ".join(",".join(_num(v, 0) for v in row[s].get("peak_rss_mb_per_worker", [])) or "-" for s in sides)
-            rows.append([mode, workers, *(row[s]["samples_per_second"] for s in sides),
-                         *(f"{_num(row['speedup'].get(f'vs_{s}'))}x" for s in sides[1:]), rss])  # fmt: skip
-    header = ["crop", "workers", *(f"{s} samples/s" for s in sides), *(f"store vs {s}" for s in sides[1:])]
+            rss = " / ".join(",".join(_num(v, 0) for v in row[s].get("peak_rss_mb_per_worker", [])) or "-" for s in sides if s in row)
+            rows.append([mode, workers, *(row[s]["samples_per_second"] if s in row else "-" for s in sides),
+                         *(f"{_num(row.get(key, {}).get(f'vs_{s}'))}x" if key in row else "-" for _, key, s in ratios), rss])  # fmt: skip
+    header = ["crop", "workers", *(f"{s} samples/s" for s in sides), *(label for label, _, _ in ratios)]
     header.append(f"peak RSS MB per worker ({' / '.join(sides)})")
     return [
         f"{lo['samples_per_pass']} samples per pass in batches of {lo['batch_size']}, {lo['sites']} sites; store: profile "
-        f"`{lo['profile']}`, inner chunks {lo['inner_chunks']}; crops {lo['crop']} x {lo['crop']}; workers start by "
+        f"`{lo['profile']}`, inner chunks {lo['inner_chunks']}"
+        + "".join(f"; {k}: profile `{v['profile']}`, inner chunks {v['inner_chunks']}" for k, v in lo.get("other_stores", {}).items())
+        + f"; crops {lo['crop']} x {lo['crop']}; workers start by "
         f"{lo['start_method']}; torch {lo['torch']}; torchvision.io.decode_png: "
         + ("measured." if tv["available"] else f"unavailable ({tv['reason']})."),
         "",

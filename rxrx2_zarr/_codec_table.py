@@ -29,7 +29,7 @@ import crc32c
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import StoreFormatError
+from ._errors import CodecError, StoreFormatError
 from ._vpredict import vpredict_decode, vpredict_encode
 
 if TYPE_CHECKING:
@@ -107,6 +107,9 @@ class Codec(_Entry):
 
     levels: ClassVar[range]
     """The compression levels a profile may ask for."""
+    windowed: ClassVar[bool] = False
+    """True when :meth:`decode_window_into` decodes only the part of a chunk a window needs (``rxrx2.turbo``'s
+    tiles); otherwise a crop decodes whole chunks."""
     tunable: ClassVar[frozenset[str]] = frozenset()
     """The encoder parameters (``CodecProfile.zstd_parameters``) the stage accepts: they tune the encoder only."""
 
@@ -142,6 +145,11 @@ class Codec(_Entry):
         """Decode ``data`` into the flat uint8 buffer ``out`` (exactly :attr:`nbytes`). Raise ShardDataError naming
         ``what`` when it does not decode. Each library is called the way that releases the GIL, so that threads
         decoding one site's chunks run in parallel."""
+
+    def decode_window_into(self, data: bytes | memoryview, window: tuple[slice, slice], out: Pixels, what: str) -> None:
+        """Decode rows and columns ``window`` of a chunk into ``out`` (the window's shape), for :attr:`windowed`
+        codecs only."""
+        raise NotImplementedError(f"{self.name} decodes whole chunks")
 
 
 # --- the entries ---------------------------------------------------------------------------------------------------
@@ -333,8 +341,69 @@ class VerticalPredictor(Filter):
         vpredict_decode(stack)
 
 
+class Turbo(Codec):
+    """``rxrx2.turbo`` (this package's codec: ``_turbo.py``, specified in ``docs/turbo.md``): bit planes of
+    row-above prediction residuals, tANS-coded in tiles, decoded by compiled kernels (numba) that release the GIL;
+    a crop decodes only the tiles it touches. Not a core codec. No levels (its settings are the tile, predictor
+    and table size of its configuration)."""
+
+    name = "turbo"
+    zarr_names = ("rxrx2.turbo",)
+    core = False
+    readers = "zarr-python with rxrx2-zarr installed (codec rxrx2.turbo), or rxrx2-zarr"
+    levels = range(0, 1)
+    windowed = True
+
+    @classmethod
+    def to_json(cls, profile: CodecProfile) -> list[Json]:
+        from ._turbo import TurboConfig, config_to_json
+
+        return [{"name": "rxrx2.turbo", "configuration": config_to_json(TurboConfig())}]
+
+    def _configure(self, configs: Sequence[Mapping[str, Any]], where: str) -> None:
+        from ._turbo import config_from_json  # no numba: that is imported on the first encode or decode
+
+        try:
+            self.config = config_from_json(dict(configs[0]) if configs[0] else None)
+        except ValueError as exc:
+            raise StoreFormatError(f"{where}: {exc}") from None
+
+    def encode(self, chunk: Pixels) -> bytes:
+        from . import _turbo
+
+        return _turbo.encode(chunk, self.config)
+
+    def _header(self, data: bytes | memoryview, what: str) -> None:
+        from ._turbo import ChunkHeader
+
+        try:
+            header = ChunkHeader.parse(data)
+        except CodecError as exc:
+            raise ShardDataError(f"{what}: {exc}") from None
+        if header.images * header.height * header.width != self.nbytes:
+            raise ShardDataError(f"{what}: rxrx2.turbo chunk of {header.shape} pixels, expected {self.nbytes}")
+
+    def decode_into(self, data: bytes | memoryview, out: Pixels, what: str) -> None:
+        from . import _turbo
+
+        try:  # ``out`` holds exactly nbytes: a chunk of another size is refused before anything is written
+            _turbo.decode(data, out=out)
+        except ValueError as exc:  # CodecError is one
+            raise ShardDataError(f"{what}: {exc}") from None
+
+    def decode_window_into(self, data: bytes | memoryview, window: tuple[slice, slice], out: Pixels, what: str) -> None:
+        from . import _turbo
+
+        self._header(data, what)
+        region = (window[0].start, window[0].stop, window[1].start, window[1].stop)
+        try:
+            _turbo.decode_region(data, region, out=out[np.newaxis])
+        except (CodecError, ValueError) as exc:
+            raise ShardDataError(f"{what}: {exc}") from None
+
+
 #: The table. Profiles name its keys; stores may hold only the Zarr names of its entries (and the structural ones).
-CODECS: dict[str, type[Codec] | type[Filter]] = {c.name: c for c in (Zstd, Blosc, PCodec, VerticalPredictor)}
+CODECS: dict[str, type[Codec] | type[Filter]] = {c.name: c for c in (Zstd, Blosc, PCodec, VerticalPredictor, Turbo)}
 
 
 class _AllowedCodecs(Set[str]):
@@ -415,6 +484,17 @@ class Chain:
         self.decompress_into(data, out, what)
         if self.filters:
             self.unfilter(out.reshape(self.chunk_shape))
+
+    @property
+    def windowed(self) -> bool:
+        """True when a part of a chunk decodes for less than the whole (a windowed codec and no filter)."""
+        return self.codec.windowed and not self.filters
+
+    def decode_window_into(self, data: bytes | memoryview, window: tuple[slice, slice], out: Pixels, what: str) -> None:
+        """Decode rows and columns ``window`` of one chunk into ``out`` (the window's shape; :attr:`windowed`)."""
+        if self.checked:
+            data = strip_checksum(data, what)
+        self.codec.decode_window_into(data, window, out, what)
 
 
 def parse_chain(

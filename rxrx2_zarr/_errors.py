@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ChunkReadError",
+    "CodecError",
     "ImageError",
     "MetadataError",
     "PathGrammarError",
@@ -85,3 +86,8 @@ class SiteNotFoundError(RxRx2ZarrError, KeyError):
 class ChunkReadError(RxRx2ZarrError, OSError):
     """A stored object of a site is missing or corrupt (the message names the site_id and the object)."""
 
+
+
+class CodecError(RxRx2ZarrError, ValueError):
+    """Bytes given to this package's own codec (``rxrx2.turbo``) are not a valid chunk of it: the message says
+    which structure is wrong (header, tables, tile, plane stream); callers add which object they came from."""

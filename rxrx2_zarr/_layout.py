@@ -139,7 +139,8 @@ class CodecProfile:
 
 #: The codec profiles, chosen by measurement (README, "Codec profiles"; ``python -m benchmarks``, workloads
 #: ``codecs`` and ``frontier``). ``standard`` (the default) and ``zstd`` and ``fast`` use only Zarr v3 core codecs
-#: and open in every Zarr reader; ``balanced`` and ``compact`` need numcodecs + pcodec or this package.
+#: and open in every Zarr reader; ``balanced`` needs numcodecs + pcodec, ``compact`` and ``turbo`` this package
+#: (``turbo``: its own codec, ``docs/turbo.md``, the fastest to read and the smallest; ``benchmarks._turbo_bench``).
 PROFILES: Mapping[str, CodecProfile] = {
     p.name: p
     for p in (
@@ -173,6 +174,14 @@ PROFILES: Mapping[str, CodecProfile] = {
             "zstd",
             "bitshuffle",
             filters=("rxrx2.vpredict",),
+        ),
+        CodecProfile(
+            "turbo",
+            "rxrx2.turbo (this package's codec, compiled decoder) on 1024 x 1024 chunks: ~0.75x the PNG bytes, "
+            "~12x faster to read than Pillow, crops ~50-90x; readable by zarr-python only with rxrx2-zarr installed",
+            "turbo",
+            0,
+            inner_chunks=(1024, 1024),
         ),
     )
 }

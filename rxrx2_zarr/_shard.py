@@ -265,6 +265,8 @@ class ShardCodec:
             elif view.shape == chunk.shape and view.flags.c_contiguous:
                 # the chunk lands on a contiguous block of the output (full-width chunks): decode straight into it
                 self._decode_into(data, view.reshape(-1), flat)
+            elif self.chain.windowed:  # a crop of a chunk: decode only what it needs (rxrx2.turbo's tiles)
+                self.chain.decode_window_into(data, source, view, f"inner chunk {flat}")
             else:
                 self._decode_into(data, chunk.reshape(-1), flat)
                 view[...] = chunk[source]
