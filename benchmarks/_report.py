@@ -82,19 +82,53 @@ def _convert(results: dict[str, Any]) -> tuple[float | None, str]:
     )
 
 
-def _startup_target(results: dict[str, Any]) -> tuple[float | None, str]:
-    """A fresh interpreter's import + open + ``images`` of the full-scale store (startup's metadata-only row)."""
+def _full_scale_startup(results: dict[str, Any], step: str) -> tuple[dict[str, Any] | None, str]:
+    """Startup's metadata-only row of the full-scale store (this interpreter's), or None and why not."""
     points = [p for p in get(results, "startup", "points") or [] if p.get("store") == "metadata-only"]
     full = [p for p in points if p.get("sites") == FULL_SCALE_SITES]
-    if not full:
-        largest = max(points, key=lambda p: p.get("sites", 0), default=None)
-        seen = (
-            f"; at the largest store run ({largest['sites']:,} sites): {_num(largest.get('to_lazy_array_ms'))} ms"
-            if largest
-            else ""
-        )
-        return None, f"not measured in this mode (full mode only){seen}"
-    p = full[0]
+    if full:
+        return full[0], ""
+    largest = max(points, key=lambda p: p.get("sites", 0), default=None)
+    seen = f"; at the largest store run ({largest['sites']:,} sites): {_num(largest.get(step))} ms" if largest else ""
+    return None, f"not measured in this mode (full mode only){seen}"
+
+
+def _startup_step(step: str, what: str) -> Callable[[dict[str, Any]], tuple[float | None, str]]:
+    """One startup step at full scale, in seconds."""
+
+    def extract(results: dict[str, Any]) -> tuple[float | None, str]:
+        p, why = _full_scale_startup(results, f"{step}_ms")
+        if p is None:
+            return None, why
+        value = p.get(f"{step}_ms")
+        detail = f"{_num(value)} ms {what} in a fresh process (median of {p.get('runs')}, max {_num(p.get(f'{step}_ms_max'))})"
+        if step == "images":
+            optional = ", ".join(p.get("optional_imported", [])) or "nothing optional"
+            detail += f"; the graph alone {_num(p.get('images_again_ms'))} ms, the rest imports dask.array (and {optional})"
+        return None if value is None else value / 1e3, detail
+
+    return extract
+
+
+def _graph_flat(results: dict[str, Any]) -> tuple[float | None, str]:
+    """The slowest graph of a selection (built with dask imported) over the metadata-only stores, in seconds: no
+    task exists until the graph runs, but dask's chunks are a tuple with one entry per site, so it grows a little."""
+    points = sorted(
+        (p for p in get(results, "startup", "points") or [] if p.get("store") == "metadata-only"), key=lambda p: p["sites"]
+    )
+    values = [p.get("images_again_ms") for p in points]
+    if not points or any(v is None for v in values):
+        return None, "no metadata-only store measured"
+    sizes = ", ".join(f"{_num(v)} ms at {p['sites']:,}" for p, v in zip(points, values, strict=True))
+    layers = max(p.get("materialized_layers", 0) for p in points)
+    return max(values) / 1e3, f"{sizes} sites; materialized layers {layers}"
+
+
+def _startup_target(results: dict[str, Any]) -> tuple[float | None, str]:
+    """A fresh interpreter's import + open + ``images`` of the full-scale store (startup's metadata-only row)."""
+    p, why = _full_scale_startup(results, "to_lazy_array_ms")
+    if p is None:
+        return None, why
     total = p.get("to_lazy_array_ms")
     return (
         None if total is None else total / 1e3,
@@ -135,6 +169,10 @@ TARGETS: tuple[Target, ...] = (
     Target("Loader: crops aligned to the inner chunks vs the Pillow PNG loader", ">= 50x", _loader_crops("aligned"), lambda v: v >= 50),
     Target("Loader: full sites vs Pillow, over the direct-read ratio", ">= 1.0", _loader_full, lambda v: v >= 1.0),
     Target("Open at full scale (131,953 sites): import to a lazy array", "< 1 s", _startup_target, lambda v: v < 1.0),
+    Target("Startup at full scale: import rxrx2_zarr", "< 300 ms", _startup_step("import", "to import"), lambda v: v < 0.3),
+    Target("Startup at full scale: open()", "< 150 ms", _startup_step("open", "to open"), lambda v: v < 0.15),
+    Target("Startup at full scale: ds.images (dask imported on first use)", "< 100 ms", _startup_step("images", "to build images"), lambda v: v < 0.1),
+    Target("Startup: a selection's graph at every size (1e3 to 131,953 sites)", "< 10 ms", _graph_flat, lambda v: v < 0.01),
 )  # fmt: skip
 
 
@@ -463,9 +501,12 @@ def _section_startup(r: dict[str, Any]) -> list[str]:
              "to_first_pixels", "open_again")  # fmt: skip
     rows = [[p["sites"], p["store"], *(p[f"{step}_ms"] for step in steps), p["materialized_layers"]]
             for p in s["points"]]  # fmt: skip
+    for row, p in zip(rows, s["points"], strict=True):
+        row.append(", ".join(p.get("optional_imported", [])) or "none")
     lines = _table(
         ["sites", "store", "import ms", "open ms", "select ms", "images ms", "2nd graph ms", "site() ms",
-         "images[0] ms", "to lazy array ms", "to first pixels ms", "open again ms", "materialized layers"],
+         "images[0] ms", "to lazy array ms", "to first pixels ms", "open again ms", "materialized layers",
+         "imported by dask.array"],
         rows,
     )  # fmt: skip
     cpu_steps = ("import", "open", "images", "first_site", "to_lazy_array", "to_first_pixels", "open_again")

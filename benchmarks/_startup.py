@@ -57,7 +57,8 @@ mark()
 layers = images.__dask_graph__().layers
 out = {"sites": len(ds), "selected": len(selection), "layers": len(layers),
        "materialized": sum(bool(layer.is_materialized()) for layer in layers.values()),
-       "same": bool((block[0] == pixels).all())}
+       "same": bool((block[0] == pixels).all()),
+       "optional_imported": sorted(m for m in ("xarray", "scipy", "pandas") if m in sys.modules)}
 names = ("import", "open", "select", "images", "images_again", "first_site", "first_block", "open_again")
 for clock, suffix in ((0, "s"), (1, "cpu_s")):
     step = {name: marks[i + 1][clock] - marks[i][clock] for i, name in enumerate(names)}
@@ -78,14 +79,20 @@ _PIXEL_SITES = 4
 _UPLOAD_SITES = 32
 
 
+#: Another interpreter to time the startup steps with, on the largest metadata-only store (e.g. a virtual
+#: environment with only ``pip install rxrx2-zarr``, without the test extras: there ``import dask.array`` does not
+#: import xarray, pandas and scipy, which it does wherever they are installed).
+STARTUP_PYTHON_ENV = "RXRX2_BENCH_STARTUP_PYTHON"
+
+
 def _startup_point(
     store: str, treatment: str, site_id: str, runs: int, *, options: Mapping[str, Any] | None = None,
-    env: Mapping[str, str] | None = None, s3: Any = None,
+    env: Mapping[str, str] | None = None, s3: Any = None, python: str = sys.executable,
 ) -> dict[str, Any]:
     """Medians (ms) of ``runs`` fresh interpreters running :data:`_STARTUP_SCRIPT` on ``store``; with ``s3`` (a
     running ``MotoS3``), the requests its server received during the last run, by method."""
     samples, requests = [], []
-    argv = [sys.executable, "-c", _STARTUP_SCRIPT, store, json.dumps(dict(options or {})), treatment, site_id]
+    argv = [python, "-c", _STARTUP_SCRIPT, store, json.dumps(dict(options or {})), treatment, site_id]
     load_before = load_average()
     for _ in range(runs):
         if s3 is not None:
@@ -104,6 +111,7 @@ def _startup_point(
     point["graph_layers"] = samples[0]["layers"]
     point["materialized_layers"] = max(sample["materialized"] for sample in samples)
     point["block_equals_site"] = all(sample["same"] for sample in samples)
+    point["optional_imported"] = samples[0]["optional_imported"]
     point["load_average"] = [load_before, load_average()]
     if s3 is not None:
         point["requests_per_run"] = dict(Counter(r.method for r in requests))
@@ -142,16 +150,32 @@ def _pixel_points(ctx: Context, runs: int) -> list[dict[str, Any]]:
     return points
 
 
+def _compile_package() -> None:
+    """Write the package's bytecode, as ``pip install`` does: an editable checkout run with
+    PYTHONDONTWRITEBYTECODE (set on some machines) would otherwise compile every module in every fresh
+    interpreter, about 25 ms that no installed copy pays."""
+    import compileall
+
+    import rxrx2_zarr
+
+    compileall.compile_dir(str(Path(rxrx2_zarr.__file__).parent), quiet=1)
+
+
 def run_startup(ctx: Context) -> dict[str, Any]:
     """Time to a lazy array of every site and to the first pixels, each step in a fresh process."""
     runs = ctx.config.startup_runs
+    _compile_package()
     points = []
+    other_python = os.environ.get(STARTUP_PYTHON_ENV)
     for n in sorted(ctx.metadata_stores):
         tree, store = ctx.metadata_stores[n]
         metadata = pd.read_csv(tree / "metadata.csv", usecols=["site_id", "treatment"])
         treatment = str(metadata["treatment"].value_counts().index[0])
         site_id = str(metadata["site_id"].iloc[0])
         points.append({"store": "metadata-only", **_startup_point(str(store), treatment, site_id, runs)})
+        if other_python and n == max(ctx.metadata_stores):
+            point = _startup_point(str(store), treatment, site_id, runs, python=other_python)
+            points.append({"store": f"metadata-only, {other_python}", **point})
     points += _pixel_points(ctx, runs)
     return {
         "points": points,
@@ -161,7 +185,9 @@ def run_startup(ctx: Context) -> dict[str, Any]:
             "`open(store)`, `select(treatment=<most common>)`, `ds.images` (includes importing dask), a second "
             "graph (`selection.images`: graph construction alone), `ds.site(first)`, `images[0].compute()`; "
             "'to lazy array' is import + open + images, 'to first pixels' import + open + site(); 'open again' is a "
-            "second open in the same process (the open's own work, no imports). Wall time; the CPU-time table "
+            "second open in the same process (the open's own work, no imports); 'images' minus '2nd graph' is "
+            "about the import of dask.array, which also imports the optional modules listed when they are "
+            "installed. The package's bytecode is compiled first, as pip does at install. Wall time; the CPU-time table "
             "(`time.process_time`) counts every thread of the process, so it can exceed the wall time (numpy's BLAS "
             "threads start at its import), but it moves less than wall time with other jobs on a shared machine. Metadata-only stores (`convert "
             "--no-pixels`) hold no shards, so their site reads return zeros without a request; the pixel rows read "

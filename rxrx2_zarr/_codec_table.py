@@ -25,10 +25,10 @@ from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import crc32c
 import numpy as np
 import numpy.typing as npt
 
+from ._crc import crc32c
 from ._errors import CodecError, StoreFormatError
 from ._vpredict import vpredict_decode, vpredict_encode
 
@@ -528,12 +528,12 @@ def parse_chain(
 
 def with_checksum(data: bytes) -> bytes:
     """``data`` closed by the Zarr v3 ``crc32c`` codec: its CRC32C, 4 bytes little-endian."""
-    return data + crc32c.crc32c(data).to_bytes(4, "little")
+    return data + crc32c(data).to_bytes(4, "little")
 
 
 def strip_checksum(data: bytes | memoryview, what: str) -> memoryview:
     """Check and remove the trailing CRC32C of the ``crc32c`` codec; ``what`` names the chunk in the error."""
     view = memoryview(data)
-    if len(view) < 4 or crc32c.crc32c(view[:-4]) != int.from_bytes(view[-4:], "little"):
+    if len(view) < 4 or crc32c(view[:-4]) != int.from_bytes(view[-4:], "little"):
         raise ShardDataError(f"{what} fails its crc32c checksum (corrupt data)")
     return view[:-4]

@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import crc32c
 import numpy as np
 import numpy.typing as npt
 
@@ -45,6 +44,7 @@ from ._attrs import (
     SourceAttributes,
     Subset,
 )
+from ._crc import crc32c
 from ._destination import (
     check_reachable,
     check_separate,
@@ -226,7 +226,7 @@ def write_site(dst: StoreIO, spec: SiteArraySpec, item: SiteItem, pixels: Pixels
     Returns its checksums and the bytes written."""
     shard, thumb = encode_site(spec, pixels)
     sums = SiteChecksums(
-        crc32c.crc32c(pixels.data), int.from_bytes(shard[-4:], "little"), int.from_bytes(thumb[-4:], "little")
+        crc32c(pixels.data), int.from_bytes(shard[-4:], "little"), int.from_bytes(thumb[-4:], "little")
     )
     dst.write(item.shard, shard)
     dst.write(item.thumbnail, thumb)
@@ -536,7 +536,7 @@ def _finalize(
             "complete": True,
             "counts": counts,
             "skipped": [Skipped(site_id=s.site_id, reason=s.reason) for s in skipped],
-            "index": root.index.model_copy(update={"parquet_crc32c": crc32c.crc32c(parquet)}),
+            "index": root.index.model_copy(update={"parquet_crc32c": crc32c(parquet)}),
         }
     )
     _write_root(store, final)

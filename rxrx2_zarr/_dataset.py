@@ -156,7 +156,7 @@ class Dataset:
         return Dataset(self._store, select_positions(self._store.columns, self.positions, columns), self._threads)
 
     def _positions_of(self, site_ids: Sequence[str]) -> npt.NDArray[np.int64]:
-        return positions_of(self._store.site_index, self._positions, site_ids, self.url)
+        return positions_of(self._store.finder(len(site_ids)), self._positions, site_ids, self.url)
 
     # --- pixels ---------------------------------------------------------------------------------------------------
 

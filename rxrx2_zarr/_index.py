@@ -1,36 +1,62 @@
 """The columnar index: one row per site (its metadata, array path and checksums), as numpy columns.
 
 Layout 2 keeps it in one Parquet object, ``index.parquet``, checked against the CRC32C the root attributes record
-for it and decoded from Arrow's buffers (no pandas: pyarrow's ``to_numpy`` would import it, most of a cold open).
-Layout 1 kept one Zarr array per column under ``index/``, read with zarr-python (for ``transcode`` and ``verify``).
-Every ``path`` must be exactly the array key its ``site_id`` maps to, so an index cannot send a read outside the
-store or to another site's pixels.
+for it. Opening reads that object and its schema only; each column is decoded from Arrow's buffers on first use (no
+pandas: pyarrow's ``to_numpy`` would import it, most of a cold open), so that opening the release's 131,953 sites
+costs what opening 1,000 does. Layout 1 kept one Zarr array per column under ``index/``, read with zarr-python
+(for ``transcode`` and ``verify``).
+
+A read never takes an array key from the index: the key is derived from the row's ``site_id`` by the one path rule
+(:func:`site_array_key`), so no index, however crafted, can send a read outside the store or to another site's
+pixels. The ``path`` column is there for other tools; ``verify`` checks that it agrees (:func:`check_index`).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import re
+import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import crc32c
 import numpy as np
 import numpy.typing as npt
 
 from ._arrays import ArrayDocument, parse_json, read_array
 from ._columns import METADATA_COLUMNS
-from ._errors import ChunkReadError, StoreFormatError
-from ._layout import INDEX_CHECKSUM_COLUMNS, INDEX_COLUMNS, INDEX_GROUP, INDEX_PARQUET, INDEX_STRING_COLUMNS
-from ._paths import check_experiment
+from ._crc import crc32c
+from ._errors import ChunkReadError, PathGrammarError, StoreFormatError
+from ._layout import (
+    INDEX_CHECKSUM_COLUMNS,
+    INDEX_COLUMNS,
+    INDEX_GROUP,
+    INDEX_PARQUET,
+    INDEX_STRING_COLUMNS,
+    site_paths,
+)
+from ._paths import SiteKey, WellAddress, check_experiment, parse_site_id
 from ._storage import StoreIO, check_key
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["FLOAT_COLUMNS", "INT_COLUMNS", "STRING_COLUMNS", "build_frame", "metadata_row", "read_index", "site_lookup"]
+__all__ = [
+    "FLOAT_COLUMNS",
+    "INT_COLUMNS",
+    "STRING_COLUMNS",
+    "IndexColumns",
+    "build_frame",
+    "check_index",
+    "find_in_order",
+    "metadata_row",
+    "read_index",
+    "site_array_key",
+    "site_lookup",
+]
 
-Columns = dict[str, npt.NDArray[Any]]
+Columns = Mapping[str, npt.NDArray[Any]]
 
 STRING_COLUMNS = INDEX_STRING_COLUMNS
 INT_COLUMNS = ("plate", "site")
@@ -49,14 +75,135 @@ _LEGACY_INDEX_COLUMNS: tuple[str, ...] = (*METADATA_COLUMNS, "path", "checksum")
 _DICTIONARY_COLUMNS = ["well_id", "cell_type", "experiment", "well", "treatment"]
 
 
-def read_index(io: StoreIO, attrs: Mapping[str, Any], layout: int) -> Columns:
-    """The index columns of the store (every column of :data:`INDEX_COLUMNS` that its layout has), checked."""
-    columns = _read_parquet(io, attrs) if layout >= 2 else _read_arrays(io)
-    check_paths(columns["site_id"], columns["path"], f"{io.url}: index")
+class IndexColumns(Mapping[str, npt.NDArray[Any]]):
+    """The index columns by name, each decoded by ``decode`` on first use and kept (safe to share between threads).
+
+    ``n`` is the number of rows, known without decoding any column; ``first`` reads a column's first value without
+    decoding the column (for opening, which checks one site's array document).
+    """
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        n: int,
+        decode: Callable[[str], npt.NDArray[Any]],
+        first: Callable[[str], Any] | None = None,
+        value: Callable[[str, int], Any] | None = None,
+    ) -> None:
+        self._names = names
+        self.n = n
+        self._decode = decode
+        self._first = first
+        self._value = value
+        self._decoded: dict[str, npt.NDArray[Any]] = {}
+        self._lock = threading.Lock()
+
+    def first(self, name: str) -> Any:
+        """The value of column ``name`` in row 0 (the index must have a row)."""
+        if self._first is None or name in self._decoded:
+            return self[name][0]
+        return self._first(name)
+
+    def value(self, name: str, row: int) -> Any:
+        """The value of column ``name`` in ``row``, without decoding the whole column when it is not decoded yet
+        (text columns cost one Python object per row: 15 ms for the release's site_ids)."""
+        column = self._decoded.get(name)
+        if column is not None or self._value is None:
+            return (self[name] if column is None else column)[row]
+        return self._value(name, row)
+
+    @classmethod
+    def of(cls, columns: Mapping[str, npt.NDArray[Any]]) -> IndexColumns:
+        """Columns decoded already (layout 1), all of the same length."""
+        index = cls(tuple(columns), len(next(iter(columns.values()))) if columns else 0, columns.__getitem__)
+        index._decoded.update(columns)
+        return index
+
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
+        column = self._decoded.get(name)
+        if column is not None:
+            return column
+        if name not in self._names:
+            raise KeyError(name)
+        with self._lock:
+            column = self._decoded.get(name)
+            if column is None:
+                column = self._decoded[name] = self._decode(name)
+        return column
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def read_index(io: StoreIO, attrs: Mapping[str, Any], layout: int) -> IndexColumns:
+    """The index columns of the store (every column of :data:`INDEX_COLUMNS` that its layout has): layout 2's are
+    decoded on first use (their object and schema are checked now), layout 1's are read now."""
+    if layout >= 2:
+        return _ParquetIndex.read(io, attrs).columns()
+    columns = _read_arrays(io)
     for column in INDEX_CHECKSUM_COLUMNS:
         if column in columns:
             columns[column] = columns[column].astype(np.int64)
-    return columns
+    return IndexColumns.of(columns)
+
+
+def site_array_key(site_id: Any, row: int, where: str) -> str:
+    """The key of the array of the site in ``row`` of the index, derived from its ``site_id`` by the path rule."""
+    try:
+        return site_paths(parse_site_id(site_id)).array
+    except PathGrammarError as exc:
+        raise StoreFormatError(f"{where}: row {row}: {exc}") from None
+
+
+def find_in_order(columns: IndexColumns, site_id: str, where: str) -> int:
+    """The row of ``site_id`` by binary search in the documented order of the index (experiment, plate, row,
+    column, site), or -1 when it is not found that way: absent, or an index not in that order. Each step reads
+    one row's values, so no column of text is decoded whole; the row found must hold exactly ``site_id``, so a
+    disordered or crafted index can only make this miss (the caller then builds the full lookup), never return
+    another site. Its neighbours must not hold the same site_id (repeats in a sorted index are neighbours; ``verify``
+    checks the whole index)."""
+    try:
+        key = _order_key(parse_site_id(site_id))
+    except PathGrammarError:
+        return -1
+    experiments, plates, wells, sites = (columns[c] for c in ("experiment", "plate", "well", "site"))
+    lo, hi = 0, columns.n
+    try:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if (experiments[mid], int(plates[mid]), *_well_position(wells[mid]), int(sites[mid])) < key:
+                lo = mid + 1
+            else:
+                hi = mid
+    except (PathGrammarError, TypeError):  # a malformed well or a non-text experiment: not an ordered index
+        return -1
+    if lo >= columns.n or columns.value("site_id", lo) != site_id:
+        return -1
+    if any(0 <= k < columns.n and columns.value("site_id", k) == site_id for k in (lo - 1, lo + 1)):
+        raise StoreFormatError(f"{where}: index/site_id has duplicate site_ids, e.g. {[site_id]}")
+    return lo
+
+
+def _order_key(key: SiteKey) -> tuple[str, int, int, int, int]:
+    return (key.experiment, key.plate, key.well.row_index, key.well.column_index, key.site)
+
+
+@functools.lru_cache(maxsize=4096)  # a plate has 1,536 well names at most
+def _well_position(well: str) -> tuple[int, int]:
+    address = WellAddress.parse(well)
+    return address.row_index, address.column_index
+
+
+def check_index(columns: Columns, where: str) -> None:
+    """What opening leaves to first use, all at once (for ``verify``): every column decodes, the site_ids are
+    distinct and valid, and every ``path`` is the key its site_id maps to."""
+    for name in columns:
+        columns[name]
+    check_paths(columns["site_id"], columns["path"], where)
+    site_lookup(columns, where)
 
 
 def site_lookup(columns: Columns, where: str) -> dict[str, int]:
@@ -70,11 +217,11 @@ def site_lookup(columns: Columns, where: str) -> dict[str, int]:
     return lookup
 
 
-def metadata_row(columns: Columns, position: int) -> dict[str, Any]:
+def metadata_row(columns: IndexColumns, position: int) -> dict[str, Any]:
     """One site's nine metadata values as Python scalars (``ds[i]``'s second item)."""
     row: dict[str, Any] = {}
     for column in METADATA_COLUMNS:
-        value = columns[column][position]
+        value = columns.value(column, position)
         row[column] = str(value) if column in STRING_COLUMNS else int(value) if column in INT_COLUMNS else float(value)
     return row
 
@@ -102,41 +249,110 @@ def build_frame(columns: Columns) -> pd.DataFrame:
 # --- layout 2: index.parquet ---------------------------------------------------------------------------------------
 
 
-def _read_parquet(io: StoreIO, attrs: Mapping[str, Any]) -> Columns:
-    """The columnar index: one object, checked against the CRC32C that the root attributes record for it."""
+def _type_ok(column: str, kind: Any) -> bool:
+    """Whether an ``index.parquet`` column of Arrow type ``kind`` can be ``column`` (checked at open, from the
+    schema alone; the values are checked when decoded)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    where = f"{io.url}: {INDEX_PARQUET}"
-    try:
-        data = io.read(INDEX_PARQUET)
-    except FileNotFoundError:
-        raise ChunkReadError(f"{where}: missing (the store's index; the store is damaged)") from None
-    except OSError as exc:
-        raise ChunkReadError(f"{where}: cannot be read: {exc}") from None
-    recorded = attrs.get("index")
-    expected = recorded.get("parquet_crc32c") if isinstance(recorded, Mapping) else None
-    if not isinstance(expected, int) or crc32c.crc32c(data) != expected:
-        raise ChunkReadError(f"{where}: fails the crc32c recorded in the root attributes ({expected!r}): corrupt index")
-    try:
-        # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas (~150 ms);
-        # the repeated text columns come back dictionary-encoded (a few distinct values per column).
-        # pa.BufferReader, not io.BytesIO: through a Python file object, Arrow reads on its I/O threads, which
-        # intermittently aborted the interpreter at exit ("terminate called without an active exception", ~5%
-        # of fresh processes here); from an Arrow buffer it reads in this thread
-        parquet = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True, read_dictionary=_DICTIONARY_COLUMNS)
-        table = parquet.read(use_threads=False)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise StoreFormatError(f"{where}: not a readable Parquet file ({exc})") from None
-    columns: Columns = {}
-    for column in INDEX_COLUMNS:
-        if column not in table.column_names:
-            raise StoreFormatError(f"{where}: has no column {column!r}")
-        columns[column] = _arrow_column(table.column(column), column, where)
-    return columns
+    if column in STRING_COLUMNS:
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+    if column in FLOAT_COLUMNS:
+        return bool(pa.types.is_floating(kind))
+    return bool(pa.types.is_integer(kind))
 
 
-def _arrow_column(chunked: Any, column: str, where: str) -> npt.NDArray[Any]:
+class _ParquetIndex:
+    """``index.parquet``, checked against the CRC32C that the root attributes record for it, with its schema
+    checked; its columns are read and decoded one at a time, when first used."""
+
+    def __init__(self, parquet: Any, where: str) -> None:
+        self._parquet = parquet
+        self._where = where
+        self._lock = threading.Lock()
+        self._arrays: dict[str, Any] = {}
+
+    @classmethod
+    def read(cls, io: StoreIO, attrs: Mapping[str, Any]) -> _ParquetIndex:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        where = f"{io.url}: {INDEX_PARQUET}"
+        try:
+            data = io.read(INDEX_PARQUET)
+        except FileNotFoundError:
+            raise ChunkReadError(f"{where}: missing (the store's index; the store is damaged)") from None
+        except OSError as exc:
+            raise ChunkReadError(f"{where}: cannot be read: {exc}") from None
+        recorded = attrs.get("index")
+        expected = recorded.get("parquet_crc32c") if isinstance(recorded, Mapping) else None
+        if not isinstance(expected, int) or crc32c(data) != expected:
+            raise ChunkReadError(f"{where}: fails the crc32c recorded in the root attributes ({expected!r}): corrupt index")
+        try:
+            # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas (~150 ms);
+            # the repeated text columns come back dictionary-encoded (a few distinct values per column).
+            # pa.BufferReader, not io.BytesIO: through a Python file object, Arrow reads on its I/O threads, which
+            # intermittently aborted the interpreter at exit ("terminate called without an active exception", ~5%
+            # of fresh processes here); from an Arrow buffer it reads in this thread
+            parquet = pq.ParquetFile(
+                pa.BufferReader(data), page_checksum_verification=True, read_dictionary=_DICTIONARY_COLUMNS
+            )
+            schema = parquet.schema_arrow
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise StoreFormatError(f"{where}: not a readable Parquet file ({exc})") from None
+        for column in INDEX_COLUMNS:
+            if column not in schema.names:
+                raise StoreFormatError(f"{where}: has no column {column!r}")
+            kind = schema.field(column).type
+            if not _type_ok(column, kind):
+                raise StoreFormatError(f"{where}: column {column!r} has type {kind}")
+        return cls(parquet, where)
+
+    def columns(self) -> IndexColumns:
+        n = int(self._parquet.metadata.num_rows)
+        return IndexColumns(INDEX_COLUMNS, n, self._decode, self._first, self._value)
+
+    def _arrow(self, column: str) -> Any:
+        """The column as one Arrow array, read once."""
+        import pyarrow as pa
+
+        with self._lock:
+            array = self._arrays.get(column)
+            if array is None:
+                try:
+                    chunked = self._parquet.read(columns=[column], use_threads=False).column(0)
+                except (pa.ArrowException, OSError, ValueError) as exc:
+                    raise StoreFormatError(f"{self._where}: column {column!r} cannot be read ({exc})") from None
+                array = self._arrays[column] = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
+            return array
+
+    def _value(self, column: str, row: int) -> Any:
+        value = self._arrow(column)[row].as_py()
+        if value is None:  # as decoding the column would: a blank concentration is NaN, other nulls are refused
+            if column not in FLOAT_COLUMNS:
+                raise StoreFormatError(f"{self._where}: column {column!r} has a null value in row {row}")
+            return math.nan
+        return value
+
+    def _first(self, column: str) -> Any:
+        """Row 0 of ``column``: its first page only (about 1 ms, against 12 ms to decode the release's site_ids)."""
+        import pyarrow as pa
+
+        try:
+            batch = next(self._parquet.iter_batches(batch_size=1, columns=[column], use_threads=False))
+        except (pa.ArrowException, OSError, ValueError, StopIteration) as exc:
+            raise StoreFormatError(f"{self._where}: column {column!r} cannot be read ({exc!r})") from None
+        return batch.column(0)[0].as_py()
+
+    def _decode(self, column: str) -> npt.NDArray[Any]:
+        values = _arrow_column(self._arrow(column), column, self._where)
+        with self._lock:  # decoded: the IndexColumns keeps the numpy column, the Arrow one is no longer needed
+            self._arrays.pop(column, None)
+        return values.astype(np.int64) if column in INDEX_CHECKSUM_COLUMNS else values
+
+
+def _arrow_column(array: Any, column: str, where: str) -> npt.NDArray[Any]:
     """One index column as numpy (object arrays of str for text), from Arrow's buffers.
 
     pyarrow's ``to_numpy`` imports pandas (~150 ms, most of a cold open), so numbers are viewed straight from their
@@ -145,7 +361,6 @@ def _arrow_column(chunked: Any, column: str, where: str) -> npt.NDArray[Any]:
     """
     import pyarrow as pa
 
-    array = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
     kind = array.type
     if column in STRING_COLUMNS:
         return _arrow_text(array, column, where)
@@ -196,7 +411,7 @@ def _buffer_values(array: Any, where: str, column: str) -> npt.NDArray[Any]:
 # --- layout 1: one Zarr array per column ---------------------------------------------------------------------------
 
 
-def _read_arrays(io: StoreIO) -> Columns:
+def _read_arrays(io: StoreIO) -> dict[str, npt.NDArray[Any]]:
     """Layout 1: one Zarr array per index column (read for ``transcode`` and ``verify`` only)."""
     keys = [f"{INDEX_GROUP}/{c}/zarr.json" for c in _LEGACY_INDEX_COLUMNS]
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,11 +36,11 @@ def select_positions(
 
 
 def positions_of(
-    lookup: Mapping[str, int], selected: npt.NDArray[np.int64] | None, site_ids: Sequence[str], url: str
+    find: Callable[[str], int], selected: npt.NDArray[np.int64] | None, site_ids: Sequence[str], url: str
 ) -> npt.NDArray[np.int64]:
     """The index positions of ``site_ids``, each of which must be in the store and in ``selected`` (ascending
-    positions; None: the whole store)."""
-    found = np.fromiter((lookup.get(s, -1) if isinstance(s, str) else -1 for s in site_ids), np.int64, len(site_ids))
+    positions; None: the whole store); ``find`` maps a site_id to its position, or -1."""
+    found = np.fromiter((find(s) if isinstance(s, str) else -1 for s in site_ids), np.int64, len(site_ids))
     missing = [s for s, p in zip(site_ids, found, strict=True) if p < 0]
     if missing:
         raise SiteNotFoundError(f"site(s) not in store {url}: {missing[:5]}{' ...' if len(missing) > 5 else ''}")

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import crc32c
 import numpy as np
 import numpy.typing as npt
 
 from ._codec_table import Chain, ShardDataError, parse_chain
+from ._crc import crc32c
 from ._errors import StoreFormatError
 from ._layout import THUMBNAIL_CODECS, SiteArraySpec
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 __all__ = ["MISSING", "ShardCodec", "ShardDataError", "ShardIndexError", "decode_thumbnail", "encode_thumbnail", "thumbnail"]
 
@@ -123,7 +125,7 @@ class ShardCodec:
             offset += len(encoded)
         index_bytes = index.tobytes()
         parts.append(index_bytes)
-        parts.append(crc32c.crc32c(index_bytes).to_bytes(4, "little"))
+        parts.append(crc32c(index_bytes).to_bytes(4, "little"))
         return b"".join(parts)
 
     # --- decoding -------------------------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ class ShardCodec:
             raise ShardIndexError(f"shard is {len(tail)} bytes, shorter than its index ({self.index_nbytes} bytes)")
         view = memoryview(tail)[len(tail) - self.index_nbytes :]
         body, checksum = view[:-4], int.from_bytes(view[-4:], "little")
-        if crc32c.crc32c(body) != checksum:
+        if crc32c(body) != checksum:
             raise ShardIndexError("shard index checksum mismatch (corrupt or truncated object)")
         if expected is not None and checksum != expected:
             raise ShardIndexError(

@@ -20,18 +20,20 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import crc32c
 import numpy as np
 import numpy.typing as npt
 
+from ._crc import crc32c
 from ._errors import ChunkReadError
 from ._layout import SHARD_KEY, THUMBNAIL_LEVEL, SiteArraySpec
 from ._shard import ShardCodec, ShardDataError, ShardIndexError, decode_thumbnail
 from ._storage import StoreIO, store_io
+
+if TYPE_CHECKING:  # imported with the first pool (with logging, ~5 ms of a cold open otherwise)
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
     "MAX_THREADS",
@@ -125,6 +127,8 @@ def _pool(threads: int) -> ThreadPoolExecutor:
             _POOLS.clear()
         pool = _POOLS.get((pid, threads))
         if pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             pool = _POOLS[(pid, threads)] = ThreadPoolExecutor(threads, thread_name_prefix="rxrx2-read")
         return pool
 
@@ -227,7 +231,7 @@ class SiteReader:
         if full:
             # Every inner chunk carries its own CRC32C and the shard index is bound to the site; the CRC32C of the
             # decoded pixels (about 0.3 ms for a 6 MiB site) also catches a decoder that got it wrong.
-            actual = crc32c.crc32c(out.data if out.flags.c_contiguous else out.tobytes())
+            actual = crc32c(out.data if out.flags.c_contiguous else out.tobytes())
             if actual != ref.checksum:
                 raise ChunkReadError(
                     f"site {ref.site_id}: shard object {key} in store {self.url} is corrupt: pixels' crc32c "

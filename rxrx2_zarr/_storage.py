@@ -20,10 +20,13 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _fs
 from ._errors import StoreFormatError, StoreWriteError
+
+if TYPE_CHECKING:
+    import fsspec
 
 __all__ = ["StoreIO", "check_key", "store_io"]
 
@@ -66,8 +69,20 @@ class StoreIO:
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         self.url = str(url)
         self.storage_options: dict[str, Any] = dict(storage_options or {})
-        self.fs, self.root = _fs.resolve(self.url, self.storage_options)
-        self.local = _fs.is_local(self.fs)
+        root = _fs.local_root(self.url, self.storage_options)
+        self._fs: fsspec.AbstractFileSystem | None = None
+        if root is None:
+            self._fs, self.root = _fs.resolve(self.url, self.storage_options)
+            self.local = _fs.is_local(self._fs)
+        else:  # a plain local path: reads go to the OS, the filesystem object is made (fsspec imported) when needed
+            self.root, self.local = root, True
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem of the store (listings, writes, and every access to a remote store)."""
+        if self._fs is None:
+            self._fs, _ = _fs.resolve(self.url, self.storage_options)
+        return self._fs
 
     @property
     def portable_url(self) -> str:
@@ -87,19 +102,19 @@ class StoreIO:
     def read(self, key: str) -> bytes:
         """A whole object. Locally only a regular file is read: a FIFO, device or socket in its place raises
         :class:`~rxrx2_zarr.SpecialFileError` naming ``key``, without blocking."""
-        return _fs.read_regular(self.fs, self.path(key), key)
+        if self.local:
+            return _fs.read_local(self.path(key), key)
+        return bytes(self.fs.cat_file(self.path(key)))
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         if self.local:
-            fd = _fs.open_regular(self.path(key), key)
-            try:
-                return os.pread(fd, max(0, end - start), start)
-            finally:
-                os.close(fd)
+            return _fs.read_local(self.path(key), key, start, end)
         return bytes(self.fs.cat_file(self.path(key), start=start, end=end))
 
     def read_suffix(self, key: str, nbytes: int) -> bytes:
         """The last ``nbytes`` of an object (one ranged request on object stores)."""
+        if self.local:
+            return _fs.read_local(self.path(key), key, -nbytes)
         return bytes(self.fs.cat_file(self.path(key), start=-nbytes))
 
     def read_ranges(self, key: str, ranges: Iterable[tuple[int, int]]) -> list[bytes]:
@@ -126,7 +141,7 @@ class StoreIO:
             out: dict[str, bytes | None] = {}
             for key, path in zip(wanted, paths, strict=True):
                 try:
-                    out[key] = _fs.read_regular(self.fs, path, key)
+                    out[key] = _fs.read_local(path, key)
                 except FileNotFoundError:
                     out[key] = None
             return out

@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import crc32c
 import numpy as np
 import pandas as pd
 
 from ._attrs import RootAttributes
 from ._convert import PixelSource, PngSource
+from ._crc import crc32c
 from ._dataset import open as open_store
 from ._errors import ImageError, StoreFormatError
 from ._fs import split_zip_url
@@ -129,8 +129,8 @@ def _compare_parquet(store: StoreIO, attrs: Mapping[str, Any], index: pd.DataFra
         report.problems.append(f"{INDEX_PARQUET}: missing")
         return
     expected = (attrs.get("index") or {}).get("parquet_crc32c")
-    if crc32c.crc32c(data) != expected:
-        report.problems.append(f"{INDEX_PARQUET}: crc32c {crc32c.crc32c(data)} != {expected!r} recorded in the root attributes")
+    if crc32c(data) != expected:
+        report.problems.append(f"{INDEX_PARQUET}: crc32c {crc32c(data)} != {expected!r} recorded in the root attributes")
         return
     frame = pq.read_table(pa.BufferReader(data)).to_pandas()
     for column in INDEX_COLUMNS:
@@ -210,7 +210,7 @@ def _verify(
     report.sites_in_store = len(index)
     # what the library's reader refuses (an unexpected codec chain, a path that leaves the store...) is a problem
     # even where zarr-python would read the store
-    _stage(report, "rxrx2_zarr.open()", open_store, dst, dst_options)
+    _stage(report, "rxrx2_zarr.open() and its index", _open_and_check, dst, dst_options)
     _stage(report, INDEX_PARQUET, _compare_parquet, store, attrs, index, report)
     _stage(report, "index", _compare_index, plan, index, skipped, report)
     _stage(report, EMBEDDINGS_ARRAY, _compare_embeddings, store, plan, index, report)
@@ -221,6 +221,12 @@ def _verify(
             positions = sorted(random.Random(seed).sample(positions, sample))
         _compare_pixels(report, store, plan, source, spec, index, positions, workers, progress)
     return report
+
+
+def _open_and_check(url: str, options: Mapping[str, Any]) -> None:
+    """What the reader refuses, at open or on first use of a column (a site_id outside the path grammar, two rows
+    of one site, a ``path`` that is not where its site lives)."""
+    open_store(url, options)._store.check_index()
 
 
 def _expected(
@@ -327,7 +333,7 @@ def _check_site(store: StoreIO, zstore: Any, spec: SiteArraySpec, row: pd.Series
     if thumb.shape != want_thumb.shape or not np.array_equal(thumb, want_thumb):
         problems.append(f"{site_id}: thumbnail {group}/{THUMBNAIL_LEVEL} is not the 1/{THUMBNAIL_FACTOR} block mean of the pixels")
     sums = SiteChecksums(
-        crc32c.crc32c(np.ascontiguousarray(stored).data),
+        crc32c(np.ascontiguousarray(stored).data),
         int.from_bytes(shard_tail, "little"),
         int.from_bytes(thumb_tail, "little"),
     )

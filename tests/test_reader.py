@@ -4,6 +4,7 @@ pickling, and refusal of malformed or corrupt stores."""
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import math
 import multiprocessing
@@ -607,9 +608,11 @@ def test_import_and_open_stay_light(store: Path) -> None:
     ours = {f"rxrx2_zarr.{m}" for m in ("_convert", "testing", "_verify", "_transcode", "_hierarchy", "_codec")}
     reader = {f"rxrx2_zarr.{m}" for m in ("_dataset", "_store", "_index", "_arrays", "_site_reader", "_select", "_views")}
     assert not loaded["import"] & (heavy | ours | reader), loaded["import"] & (heavy | ours | reader)
-    # pandas too: pyarrow's to_numpy imports it (~150 ms of a cold open); the index is decoded from Arrow buffers
-    light_open = {"dask", "zarr", "imagecodecs", "numcodecs", "pandas"}
-    assert not loaded["open"] & (light_open | ours | {"rxrx2_zarr._views"}), loaded["open"] & (heavy | ours)
+    # pandas too: pyarrow's to_numpy imports it (~150 ms of a cold open); the index is decoded from Arrow buffers.
+    # A local store is read through the OS (no fsspec, ~30 ms), its checksums with crc32c's extension module alone
+    # (the package's __init__ imports importlib.metadata, ~20 ms)
+    light_open = {"dask", "zarr", "imagecodecs", "numcodecs", "pandas", "fsspec", "crc32c", "importlib.metadata"}
+    assert not loaded["open"] & (light_open | ours | {"rxrx2_zarr._views"}), loaded["open"] & (light_open | ours)
     assert "dask" in loaded["images"]
 
 
@@ -826,9 +829,11 @@ def _inject_embeddings_codec(store: Path) -> None:
     rewrite_json(store / "embeddings" / "zarr.json", change)
 
 
-def _set_index_path(store: Path, row: int, value: str | None) -> None:
+def _set_index_value(store: Path, row: int, column: str, value: str | None) -> None:
+    """Row ``row`` of ``column`` set to ``value`` (None: the next row's value), its checksum updated to match."""
+
     def change(frame: pd.DataFrame) -> None:
-        frame.loc[row, "path"] = value if value is not None else frame.loc[row + 1, "path"]
+        frame.loc[row, column] = value if value is not None else frame.loc[row + 1, column]
 
     _rewrite_parquet(store, change)
 
@@ -854,9 +859,7 @@ MALFORMED: list[tuple[str, Callable[[Path], None], str]] = [
     ("unknown codec in the embeddings", _inject_embeddings_codec, "numcodecs.pickle"),
     ("site array disagrees with the root", _change_first_site_document(_site_shape), "root attributes describe"),
     ("site array chain not decodable", _change_first_site_document(_site_chain), "unsupported inner codec chain"),
-    ("path leaving the store", lambda s: _set_index_path(s, 0, "../../../etc/passwd"), "etc/passwd"),
-    ("path of another site", lambda s: _set_index_path(s, 0, None), "not where that site lives"),
-    ("absolute path", lambda s: _set_index_path(s, 1, "/tmp/x/0"), "/tmp/x/0"),
+    ("first site_id outside the grammar", lambda s: _set_index_value(s, 0, "site_id", "HUVEC-1_1_A49_1"), "row 0"),
     ("incomplete store", _incomplete, "--resume"),
     ("unknown layout version", _future_layout, "layout version 99"),
     ("zarr group of another kind", _not_rxrx2, "not an rxrx2-zarr store"),
@@ -874,6 +877,69 @@ def test_open_refuses_malformed_stores(
     damage(copy)
     with pytest.raises(StoreFormatError, match=re.escape(message)):
         open_store(str(copy))
+
+
+#: Crafted ``path`` values (checksum updated): the reader never uses them as keys, verify names them.
+TAMPERED_PATHS: list[tuple[str, int, str | None, str]] = [
+    ("path leaving the store", 0, "../../../etc/passwd", "etc/passwd"),
+    ("path of another site", 0, None, "not where that site lives"),
+    ("absolute path", 1, "/tmp/x/0", "/tmp/x/0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "value", "message"), [t[1:] for t in TAMPERED_PATHS], ids=[t[0] for t in TAMPERED_PATHS]
+)
+def test_index_path_cannot_redirect_a_read(
+    store: Path, copy_tree: Callable[[Path], Path], row: int, value: str | None, message: str
+) -> None:
+    """Each site's key is derived from its site_id: a crafted ``path`` (with the index checksum updated to match)
+    still reads that site's own pixels, through site(), ds[i] and the dask array; checking the index names it."""
+    reference = open_store(str(store))
+    copy = copy_tree(store)
+    _set_index_value(copy, row, "path", value)
+    dataset = open_store(str(copy))
+    site_id = dataset.site_ids[row]
+    want = reference.site(site_id)
+    np.testing.assert_array_equal(dataset.site(site_id), want)
+    np.testing.assert_array_equal(dataset[row][0], want)
+    np.testing.assert_array_equal(dataset.images[row].compute(), want)
+    with pytest.raises(StoreFormatError, match=re.escape(message)):
+        dataset._store.check_index()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("HUVEC-1_1_A49_1", "row 1: invalid site_id 'HUVEC-1_1_A49_1'"), ("a..b_1_A01_1", "'..' is not allowed")],
+)
+def test_invalid_site_id_in_the_index_is_refused_at_its_read(
+    store: Path, copy_tree: Callable[[Path], Path], value: str, message: str
+) -> None:
+    """A site_id outside the path grammar cannot be read (no key is made from it); the other sites still can."""
+    copy = copy_tree(store)
+    _set_index_value(copy, 1, "site_id", value)
+    dataset = open_store(str(copy))
+    with pytest.raises(StoreFormatError, match=re.escape(message)):
+        dataset.images[1].compute()
+    with pytest.raises(StoreFormatError, match=re.escape(message)):
+        dataset[1]
+    assert dataset[0][0].shape == dataset.shape[1:]
+    with pytest.raises(StoreFormatError, match=re.escape(message)):
+        dataset._store.check_index()
+
+
+def test_repeated_site_id_in_the_index_is_refused_at_lookup(store: Path, copy_tree: Callable[[Path], Path]) -> None:
+    def repeat_row_1(frame: pd.DataFrame) -> None:
+        frame.loc[0, ["site_id", "path"]] = frame.loc[1, ["site_id", "path"]]
+
+    copy = copy_tree(store)
+    _rewrite_parquet(copy, repeat_row_1)
+    dataset = open_store(str(copy))
+    repeated = dataset.site_ids[1]
+    with pytest.raises(StoreFormatError, match=re.escape(f"duplicate site_ids, e.g. {[repeated]}")):
+        dataset.site(repeated)
+    with pytest.raises(StoreFormatError, match="duplicate site_ids"):
+        dataset._store.check_index()
 
 
 DAMAGED: list[tuple[str, Callable[[Path], None], str]] = [
@@ -1059,6 +1125,9 @@ def test_sites_without_embeddings_read_as_nan(tmp_path: Path) -> None:
 
 _ALL_DAMAGE: list[tuple[str, Callable[[Path], None]]] = [
     *((f"malformed: {n}", d) for n, d, _ in MALFORMED),
+    *((f"tampered: {n}", functools.partial(_set_index_value, row=r, column="path", value=v)) for n, r, v, _ in TAMPERED_PATHS),
+    ("tampered: repeated site_id", functools.partial(_set_index_value, row=0, column="site_id", value=None)),
+    ("tampered: invalid site_id", functools.partial(_set_index_value, row=1, column="site_id", value="a..b_1_A01_1")),
     *((f"damaged: {n}", d) for n, d, _ in DAMAGED),
 ]
 

@@ -14,15 +14,18 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from random import Random
 
 import numpy as np
 import pytest
 from _services import PYTHON, MotoS3, Request, moto_s3, service_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rxrx2_zarr import open as open_store
 from rxrx2_zarr import synth
 from rxrx2_zarr._convert import ConvertOptions, convert
-from rxrx2_zarr._errors import StoreFormatError
+from rxrx2_zarr._errors import SiteNotFoundError, StoreFormatError
 from rxrx2_zarr._index import _SITE_ID_RE
 from rxrx2_zarr._index import check_paths as _check_paths
 from rxrx2_zarr._layout import EMBEDDINGS_ARRAY, INDEX_PARQUET, SHARD_KEY, THUMBNAIL_LEVEL
@@ -161,3 +164,95 @@ def test_index_check_names_the_bad_row(row: tuple[object, object], message: str)
     with pytest.raises(StoreFormatError, match=re.escape(message)):
         _check_paths(site_ids, paths, "index")
     _check_paths(np.array(good, dtype=object), np.array([f"HUVEC-1/Plate1/B/{c:02d}/2/0" for c in range(1, 4)], dtype=object), "index")
+
+
+# --- the checksum function opening uses ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 4096, 1 << 20])
+def test_crc32c_is_the_packages_function(size: int) -> None:
+    """rxrx2_zarr._crc loads crc32c's extension module by itself (without the package's slow __init__); the same
+    values as ``crc32c.crc32c`` on bytes, memoryviews and numpy buffers."""
+    import crc32c as package
+
+    from rxrx2_zarr._crc import crc32c
+
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    for buffer in (data.tobytes(), memoryview(data.tobytes()), data.data):
+        assert crc32c(buffer) == package.crc32c(buffer)
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+def test_crc32c_falls_back_to_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    import crc32c as package
+
+    from rxrx2_zarr import _crc
+
+    monkeypatch.setattr(_crc, "_extension", lambda: None)
+    assert _crc._load() is package.crc32c
+
+    def unloadable() -> None:
+        raise ImportError("not the extension")
+
+    monkeypatch.setattr(_crc, "_extension", unloadable)
+    assert _crc._load() is package.crc32c
+
+
+# --- looking sites up without building the whole site_id -> position dict ------------------------------------------
+
+
+def _ordered_index() -> dict[str, np.ndarray]:
+    """An index in the documented order (experiment, plate, row, column, site), experiments compared as text."""
+    rows = [
+        (experiment, plate, well, site)
+        for experiment in sorted(["HUVEC-1", "HUVEC-10", "HUVEC-2", "RPE-1"])
+        for plate in (1, 2, 11)
+        for well in ("B02", "B10", "Z47", "AA02", "AF48")
+        for site in (1, 2, 4)
+    ]
+    columns: dict[str, list[object]] = {"site_id": [], "experiment": [], "plate": [], "well": [], "site": []}
+    for experiment, plate, well, site in rows:
+        for name, value in zip(columns, (f"{experiment}_{plate}_{well}_{site}", experiment, plate, well, site), strict=True):
+            columns[name].append(value)
+    return {
+        name: np.array(values, dtype=object if name in ("site_id", "experiment", "well") else np.int64)
+        for name, values in columns.items()
+    }
+
+
+def test_binary_search_finds_every_site_of_an_ordered_index() -> None:
+    from rxrx2_zarr._index import IndexColumns, find_in_order
+
+    raw = _ordered_index()
+    columns = IndexColumns.of(raw)
+    for position, site_id in enumerate(raw["site_id"]):
+        assert find_in_order(columns, site_id, "index") == position
+    for absent in ("HUVEC-1_1_B02_3", "HUVEC-3_1_B02_1", "HUVEC-1_3_B02_1", "A_1_A01_1", "ZZ_99_AF48_9", "not an id"):
+        assert find_in_order(columns, absent, "index") == -1
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_binary_search_on_a_disordered_index_misses_but_never_returns_another_site(random: Random) -> None:
+    """A crafted index out of order: the search may miss (the reader then builds the full lookup), but whatever
+    row it returns holds exactly the site_id asked for."""
+    from rxrx2_zarr._index import IndexColumns, find_in_order
+
+    raw = _ordered_index()
+    order = list(range(len(raw["site_id"])))
+    random.shuffle(order)
+    columns = IndexColumns.of({name: values[order] for name, values in raw.items()})
+    for site_id in raw["site_id"]:
+        found = find_in_order(columns, site_id, "index")
+        assert found == -1 or columns["site_id"][found] == site_id
+
+
+def test_site_reads_without_building_the_lookup(local_store: Path) -> None:
+    """A few site() calls in a fresh open use the search; many ids at once, or a miss, build the dict once."""
+    dataset = open_store(str(local_store))
+    ids = dataset.site_ids
+    np.testing.assert_array_equal(dataset.read(ids[::-1])[::-1], dataset.read(ids))
+    assert dataset._store._site_index is None
+    with pytest.raises(SiteNotFoundError, match="HUVEC-1_1_A01_9"):
+        dataset.site("HUVEC-1_1_A01_9")
+    assert dataset._store._site_index is not None
