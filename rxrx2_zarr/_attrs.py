@@ -125,6 +125,9 @@ class IndexInfo(Attributes):
     parquet: str | None = None
     """The Parquet object's key (None in layout 1, which has none)."""
     parquet_crc32c: Uint32 | None = None
+    first_site_id: str | None = None
+    """The site_id of the index's first row (None: an empty store, or one written before it was recorded): a
+    reader opens one site array's document with it, to check the codec chain, without parsing the index."""
     columns: list[str] = Field(default_factory=lambda: list(INDEX_COLUMNS))
     order: list[str] = Field(default_factory=lambda: list(INDEX_ORDER))
 

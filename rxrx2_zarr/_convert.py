@@ -536,7 +536,12 @@ def _finalize(
             "complete": True,
             "counts": counts,
             "skipped": [Skipped(site_id=s.site_id, reason=s.reason) for s in skipped],
-            "index": root.index.model_copy(update={"parquet_crc32c": crc32c(parquet)}),
+            "index": root.index.model_copy(
+                update={
+                    "parquet_crc32c": crc32c(parquet),
+                    "first_site_id": str(sites["site_id"].iloc[0]) if len(sites) else None,
+                }
+            ),
         }
     )
     _write_root(store, final)

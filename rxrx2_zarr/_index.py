@@ -1,9 +1,10 @@
 """The columnar index: one row per site (its metadata, array path and checksums), as numpy columns.
 
 Layout 2 keeps it in one Parquet object, ``index.parquet``, checked against the CRC32C the root attributes record
-for it. Opening reads that object and its schema only; each column is decoded from Arrow's buffers on first use (no
-pandas: pyarrow's ``to_numpy`` would import it, most of a cold open), so that opening the release's 131,953 sites
-costs what opening 1,000 does. Layout 1 kept one Zarr array per column under ``index/``, read with zarr-python
+for it. Opening reads that object and checks its CRC only (the root attributes count the sites): pyarrow is imported,
+the schema and row count checked, when a column is first used, and each column is decoded from Arrow's buffers then
+(no pandas: pyarrow's ``to_numpy`` would import it, most of a cold open), so that opening the release's 131,953
+sites costs what opening 1,000 does. Layout 1 kept one Zarr array per column under ``index/``, read with zarr-python
 (for ``transcode`` and ``verify``).
 
 A read never takes an array key from the index: the key is derived from the row's ``site_id`` by the one path rule
@@ -140,9 +141,10 @@ class IndexColumns(Mapping[str, npt.NDArray[Any]]):
 
 def read_index(io: StoreIO, attrs: Mapping[str, Any], layout: int) -> IndexColumns:
     """The index columns of the store (every column of :data:`INDEX_COLUMNS` that its layout has): layout 2's are
-    decoded on first use (their object and schema are checked now), layout 1's are read now."""
+    decoded on first use (the object's CRC32C is checked now, its schema when a column is first used), layout 1's
+    are read now."""
     if layout >= 2:
-        return _ParquetIndex.read(io, attrs).columns()
+        return _ParquetIndex.load(io, attrs).columns()
     columns = _read_arrays(io)
     for column in INDEX_CHECKSUM_COLUMNS:
         if column in columns:
@@ -264,20 +266,25 @@ def _type_ok(column: str, kind: Any) -> bool:
 
 
 class _ParquetIndex:
-    """``index.parquet``, checked against the CRC32C that the root attributes record for it, with its schema
-    checked; its columns are read and decoded one at a time, when first used."""
+    """``index.parquet``, checked against the CRC32C that the root attributes record for it when the store is
+    opened; parsed (pyarrow imported, schema and row count checked) when a column is first used, and its columns
+    then read and decoded one at a time.
 
-    def __init__(self, parquet: Any, where: str) -> None:
-        self._parquet = parquet
+    Parsing waits because opening needs only the number of sites, which the root attributes record: importing
+    pyarrow is about a third of a cold open, and a lazy array of every site needs no column at all.
+    """
+
+    def __init__(self, data: bytes, where: str, n: int | None) -> None:
+        self._data = data
         self._where = where
+        self._n = n
         self._lock = threading.Lock()
+        self._file: Any = None
         self._arrays: dict[str, Any] = {}
 
     @classmethod
-    def read(cls, io: StoreIO, attrs: Mapping[str, Any]) -> _ParquetIndex:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+    def load(cls, io: StoreIO, attrs: Mapping[str, Any]) -> _ParquetIndex:
+        """The object, read in one request and checked against its recorded CRC32C (no pyarrow yet)."""
         where = f"{io.url}: {INDEX_PARQUET}"
         try:
             data = io.read(INDEX_PARQUET)
@@ -289,6 +296,25 @@ class _ParquetIndex:
         expected = recorded.get("parquet_crc32c") if isinstance(recorded, Mapping) else None
         if not isinstance(expected, int) or crc32c(data) != expected:
             raise ChunkReadError(f"{where}: fails the crc32c recorded in the root attributes ({expected!r}): corrupt index")
+        counts = attrs.get("counts")
+        n = counts.get("sites") if isinstance(counts, Mapping) else None
+        index = cls(data, where, n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None)
+        if index._n is None:  # a store whose attributes do not count its sites: the Parquet footer does
+            index._n = int(index._parsed().metadata.num_rows)
+        return index
+
+    def _parsed(self) -> Any:
+        """The ``pyarrow.parquet.ParquetFile``, opened and checked on first use."""
+        with self._lock:
+            if self._file is None:
+                self._file = self._parse()
+            return self._file
+
+    def _parse(self) -> Any:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        where = self._where
         try:
             # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas (~150 ms);
             # the repeated text columns come back dictionary-encoded (a few distinct values per column).
@@ -296,7 +322,7 @@ class _ParquetIndex:
             # intermittently aborted the interpreter at exit ("terminate called without an active exception", ~5%
             # of fresh processes here); from an Arrow buffer it reads in this thread
             parquet = pq.ParquetFile(
-                pa.BufferReader(data), page_checksum_verification=True, read_dictionary=_DICTIONARY_COLUMNS
+                pa.BufferReader(self._data), page_checksum_verification=True, read_dictionary=_DICTIONARY_COLUMNS
             )
             schema = parquet.schema_arrow
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -307,21 +333,25 @@ class _ParquetIndex:
             kind = schema.field(column).type
             if not _type_ok(column, kind):
                 raise StoreFormatError(f"{where}: column {column!r} has type {kind}")
-        return cls(parquet, where)
+        rows = int(parquet.metadata.num_rows)
+        if self._n is not None and rows != self._n:
+            raise StoreFormatError(f"{where}: {rows} rows, but the root attributes count {self._n} sites")
+        return parquet
 
     def columns(self) -> IndexColumns:
-        n = int(self._parquet.metadata.num_rows)
-        return IndexColumns(INDEX_COLUMNS, n, self._decode, self._first, self._value)
+        assert self._n is not None  # set by load()
+        return IndexColumns(INDEX_COLUMNS, self._n, self._decode, self._first, self._value)
 
     def _arrow(self, column: str) -> Any:
         """The column as one Arrow array, read once."""
         import pyarrow as pa
 
+        parquet = self._parsed()
         with self._lock:
             array = self._arrays.get(column)
             if array is None:
                 try:
-                    chunked = self._parquet.read(columns=[column], use_threads=False).column(0)
+                    chunked = parquet.read(columns=[column], use_threads=False).column(0)
                 except (pa.ArrowException, OSError, ValueError) as exc:
                     raise StoreFormatError(f"{self._where}: column {column!r} cannot be read ({exc})") from None
                 array = self._arrays[column] = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
@@ -340,7 +370,7 @@ class _ParquetIndex:
         import pyarrow as pa
 
         try:
-            batch = next(self._parquet.iter_batches(batch_size=1, columns=[column], use_threads=False))
+            batch = next(self._parsed().iter_batches(batch_size=1, columns=[column], use_threads=False))
         except (pa.ArrowException, OSError, ValueError, StopIteration) as exc:
             raise StoreFormatError(f"{self._where}: column {column!r} cannot be read ({exc!r})") from None
         return batch.column(0)[0].as_py()

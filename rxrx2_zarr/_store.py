@@ -121,7 +121,7 @@ class OpenStore:
     def _documents(self) -> tuple[ArrayDocument | None, str]:
         """The embeddings array's document (None if absent) and the site array document, in one batch."""
         key = f"{EMBEDDINGS_ARRAY}/zarr.json"
-        site_key = f"{site_array_key(self.columns.first('site_id'), 0, f'{self.url}: index')}/zarr.json" if self.n else None
+        site_key = f"{site_array_key(self._first_site_id(), 0, f'{self.url}: index')}/zarr.json" if self.n else None
         try:
             docs = self.io.read_many([key] + ([site_key] if site_key else []))
         except OSError as exc:
@@ -149,6 +149,12 @@ class OpenStore:
         if doc.shape[0] != self.n:
             raise StoreFormatError(f"{where}: {doc.shape[0]} rows for {self.n} sites in the index")
         return doc, array_document
+
+    def _first_site_id(self) -> Any:
+        """Row 0's site_id: as the root attributes record it (no need to parse the index), else from the index."""
+        recorded = self.attrs.get("index")
+        first = recorded.get("first_site_id") if isinstance(recorded, Mapping) else None
+        return first if isinstance(first, str) else self.columns.first("site_id")
 
     def _site_document(self, doc: Any, key: str) -> str:
         """Check one site array's document against the root attributes; return it (JSON) to decode every site with.

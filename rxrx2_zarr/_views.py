@@ -66,7 +66,7 @@ class _EmbeddingsBlock:
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
-    def __call__(self) -> npt.NDArray[np.float32]:
+    def __call__(self, block_id: tuple[int, ...] | None = None) -> npt.NDArray[np.float32]:
         matrix = self.dataset.embeddings
         if matrix is None:  # the view only has this variable when the store has embeddings
             raise TypeError("the store has no embeddings")
@@ -81,6 +81,8 @@ def crops_array(dataset: Dataset, channels: tuple[int, ...] | None, region: Regi
     import dask.array as da
     from dask.base import tokenize
 
+    from ._blockwise import one_layer_array
+
     spec, store = dataset.spec, dataset._store
     shape = crop_shape(spec, channels, region)
     n = len(dataset)
@@ -92,30 +94,19 @@ def crops_array(dataset: Dataset, channels: tuple[int, ...] | None, region: Regi
     name = "rxrx2-crops-" + tokenize(
         dataset.url, store.storage_options, spec, store.pixels, store.n, fingerprint, dataset._positions, channels, region
     )
-    array: dask.array.Array = da.map_blocks(  # type: ignore[no-untyped-call]
-        _SiteBlocks(dataset._plain(), channels, region),
-        name=name,
-        chunks=((1,) * n, *((s,) for s in shape)),
-        dtype=np.uint8,
-        meta=np.empty((0, 0, 0, 0), dtype=np.uint8),
+    return one_layer_array(
+        _SiteBlocks(dataset._plain(), channels, region), name, ((1,) * n, *((s,) for s in shape)), np.uint8
     )
-    return array
 
 
 def _embeddings_array(dataset: Dataset, dim: int) -> dask.array.Array:
-    import dask.array as da
     from dask.base import tokenize
+
+    from ._blockwise import one_layer_array
 
     store = dataset._store
     name = "rxrx2-embeddings-" + tokenize(dataset.url, store.storage_options, store.n, store.attrs.get("index"), dataset._positions)
-    array: dask.array.Array = da.map_blocks(  # type: ignore[no-untyped-call]
-        _EmbeddingsBlock(dataset._plain()),
-        name=name,
-        chunks=((len(dataset),), (dim,)),
-        dtype=np.float32,
-        meta=np.empty((0, 0), dtype=np.float32),
-    )
-    return array
+    return one_layer_array(_EmbeddingsBlock(dataset._plain()), name, ((len(dataset),), (dim,)), np.float32)
 
 
 def xarray_view(dataset: Dataset, channels: tuple[int, ...] | None, region: Region | None) -> xarray.Dataset:

@@ -580,6 +580,20 @@ def test_images_slice_reads_only_its_shards(store: Path, counting: type[Counting
     np.testing.assert_array_equal(clone.compute(scheduler="sync"), expected)
 
 
+
+def test_lazy_arrays_of_different_selections_compute_together(store: Path) -> None:
+    """Two site layers in one graph keep their own block-to-site maps, also when dask fuses them into one task."""
+    dataset = open_store(str(store))
+    ids = dataset.site_ids
+    head, tail = dataset.select(site_id=ids[:3]), dataset.select(site_id=ids[-3:])
+    region = (8, 40, 0, 16)
+    difference = head.crops(region=region).astype(np.int16) - tail.crops(region=region, channels=[6, 5, 4, 3, 2, 1])
+    expected = dataset.read(ids[:3], region=region).astype(np.int16) - dataset.read(ids[-3:], region=region)[:, ::-1]
+    np.testing.assert_array_equal(difference.compute(scheduler="sync"), expected)
+    first, last = dask.compute(head.images, tail.images, scheduler="threads")
+    np.testing.assert_array_equal(first, dataset.read(ids[:3]))
+    np.testing.assert_array_equal(last, dataset.read(ids[-3:]))
+
 _IMPORTS_SCRIPT = """
 import json, sys
 import rxrx2_zarr
@@ -587,7 +601,8 @@ after_import = sorted(sys.modules)
 ds = rxrx2_zarr.open(sys.argv[1])
 after_open = sorted(sys.modules)
 ds.images
-print(json.dumps({"import": after_import, "open": after_open, "images": sorted(sys.modules)}))
+decoded = sorted(ds._store.columns._decoded)
+print(json.dumps({"import": after_import, "open": after_open, "images": sorted(sys.modules), "decoded": decoded}))
 """
 
 
@@ -611,9 +626,12 @@ def test_import_and_open_stay_light(store: Path) -> None:
     # pandas too: pyarrow's to_numpy imports it (~150 ms of a cold open); the index is decoded from Arrow buffers.
     # A local store is read through the OS (no fsspec, ~30 ms), its checksums with crc32c's extension module alone
     # (the package's __init__ imports importlib.metadata, ~20 ms)
-    light_open = {"dask", "zarr", "imagecodecs", "numcodecs", "pandas", "fsspec", "crc32c", "importlib.metadata"}
+    # pyarrow (a third of a cold open) only when a column is first used: the root attributes give the number of
+    # sites and the first site_id, so a lazy array of every site needs no column
+    light_open = {"dask", "zarr", "imagecodecs", "numcodecs", "pandas", "fsspec", "crc32c", "importlib.metadata", "pyarrow"}
     assert not loaded["open"] & (light_open | ours | {"rxrx2_zarr._views"}), loaded["open"] & (light_open | ours)
     assert "dask" in loaded["images"]
+    assert not loaded["decoded"], loaded["decoded"]  # dask.array may import pyarrow (through pandas), we do not
 
 
 # --- crops read only the inner chunks they touch ----------------------------------------------------------------
@@ -807,16 +825,18 @@ def _site_chain(doc: dict[str, Any]) -> None:
     doc["codecs"][0]["configuration"]["codecs"] = [{"name": "bytes"}, {"name": "crc32c"}]
 
 
-def _rewrite_parquet(store: Path, change: Callable[[pd.DataFrame], None]) -> None:
-    """A crafted store: the columnar index changed AND its recorded checksum updated to match, so that only the
-    reader's own checks of the values stand between it and a wrong read."""
+def _rewrite_parquet(store: Path, change: Callable[[pd.DataFrame], pd.DataFrame | None]) -> None:
+    """A crafted store: the columnar index changed (in place, or the frame ``change`` returns) AND its recorded
+    checksum updated to match, so that only the reader's own checks of the values stand between it and a wrong
+    read."""
     import crc32c
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = store / "index.parquet"
     frame = pq.read_table(path).to_pandas()
-    change(frame)
+    changed = change(frame)
+    frame = frame if changed is None else changed
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
     checksum = crc32c.crc32c(path.read_bytes())
     rewrite_json(store / "zarr.json", lambda doc: doc["attributes"]["rxrx2"]["index"].update(parquet_crc32c=checksum))
@@ -859,12 +879,16 @@ MALFORMED: list[tuple[str, Callable[[Path], None], str]] = [
     ("unknown codec in the embeddings", _inject_embeddings_codec, "numcodecs.pickle"),
     ("site array disagrees with the root", _change_first_site_document(_site_shape), "root attributes describe"),
     ("site array chain not decodable", _change_first_site_document(_site_chain), "unsupported inner codec chain"),
-    ("first site_id outside the grammar", lambda s: _set_index_value(s, 0, "site_id", "HUVEC-1_1_A49_1"), "row 0"),
+    ("recorded first site_id outside the grammar", lambda s: _set_first_site_id(s, "HUVEC-1_1_A49_1"), "row 0"),
+    (
+        "first site_id outside the grammar, not recorded (an older store)",
+        lambda s: _unrecorded_first_site_id(s, "HUVEC-1_1_A49_1"),
+        "row 0",
+    ),
     ("incomplete store", _incomplete, "--resume"),
     ("unknown layout version", _future_layout, "layout version 99"),
     ("zarr group of another kind", _not_rxrx2, "not an rxrx2-zarr store"),
     ("pixels flag not a boolean", _pixels_not_bool, "pixels"),
-    ("index column of the wrong type", lambda s: _rewrite_parquet(s, lambda f: f.__setitem__("plate", f["plate"].astype(str))), "plate"),
     ("root document missing", lambda s: (s / "zarr.json").unlink(), "zarr.json"),
 ]
 
@@ -877,6 +901,72 @@ def test_open_refuses_malformed_stores(
     damage(copy)
     with pytest.raises(StoreFormatError, match=re.escape(message)):
         open_store(str(copy))
+
+
+def _set_first_site_id(store: Path, value: str | None) -> None:
+    rewrite_json(store / "zarr.json", lambda doc: doc["attributes"]["rxrx2"]["index"].update(first_site_id=value))
+
+
+def _unrecorded_first_site_id(store: Path, value: str) -> None:
+    """An older store (no first site_id in the root attributes) whose index's row 0 holds ``value``."""
+    _set_first_site_id(store, None)
+    _set_index_value(store, 0, "site_id", value)
+
+
+def _drop_last_row(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.iloc[:-1]
+
+
+def _first_block(dataset: Any) -> Any:
+    return dataset.images[0].compute(scheduler="sync")
+
+
+#: Damage inside an ``index.parquet`` whose recorded checksum matches (a crafted store): open() does not parse the
+#: index (the root attributes give the number of sites and the first site_id), so it is refused when first used.
+MALFORMED_INDEX: list[tuple[str, Callable[[Path], None], Callable[[Any], Any], str]] = [
+    ("first site_id outside the grammar", lambda s: _set_index_value(s, 0, "site_id", "HUVEC-1_1_A49_1"), _first_block, "row 0"),
+    (
+        "index column of the wrong type",
+        lambda s: _rewrite_parquet(s, lambda f: f.__setitem__("plate", f["plate"].astype(str))),
+        lambda d: d.sites,
+        "column 'plate' has type",
+    ),
+    ("fewer rows than the root counts", lambda s: _rewrite_parquet(s, _drop_last_row), lambda d: d.site_ids, "root attributes count"),
+    ("not Parquet", lambda s: _replace_index_bytes(s, b"PAR1 not really"), lambda d: d.site_ids, "not a readable Parquet file"),
+]
+
+
+def _replace_index_bytes(store: Path, data: bytes) -> None:
+    import crc32c
+
+    (store / "index.parquet").write_bytes(data)
+    rewrite_json(
+        store / "zarr.json", lambda doc: doc["attributes"]["rxrx2"]["index"].update(parquet_crc32c=crc32c.crc32c(data))
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "use", "message"), [(d, u, m) for _, d, u, m in MALFORMED_INDEX], ids=[n for n, *_ in MALFORMED_INDEX]
+)
+def test_first_use_refuses_a_malformed_index(
+    store: Path, copy_tree: Callable[[Path], Path], damage: Callable[[Path], None], use: Callable[[Any], Any], message: str
+) -> None:
+    copy = copy_tree(store)
+    damage(copy)
+    dataset = open_store(str(copy))  # the object's checksum matches: open reads it, and parses it on first use
+    with pytest.raises(StoreFormatError, match=re.escape(message)) as caught:
+        use(dataset)
+    assert "index" in str(caught.value)
+
+
+def test_an_index_without_recorded_first_site_opens(store: Path, copy_tree: Callable[[Path], Path]) -> None:
+    """Stores written before the root attributes recorded the first site_id: it is read from the index."""
+    copy = copy_tree(store)
+    _set_first_site_id(copy, None)
+    dataset, original = open_store(str(copy)), open_store(str(store))
+    assert dataset.site_ids == original.site_ids
+    first = original.site_ids[0]
+    np.testing.assert_array_equal(dataset.site(first), original.site(first))
 
 
 #: Crafted ``path`` values (checksum updated): the reader never uses them as keys, verify names them.
