@@ -72,8 +72,8 @@ MODES: dict[str, Config] = {
     ),
     "quick": Config(
         mode="quick", size=1024, experiments=1, plates=1, wells=8, sites=4, read_sites=16, repeat=3, convert_repeat=2,
-        crop=256, codec_sites=3, codec_inner=(256, 512, 1024), startup_sizes=(1_000, 10_000), open_repeat=5,
-        startup_runs=5, scaling_sites=8,
+        crop=256, codec_sites=2, codec_inner=(256, 512, 1024), startup_sizes=(1_000, 10_000), open_repeat=5,
+        startup_runs=5, scaling_sites=4,
     ),
     "full": Config(
         mode="full", size=1024, experiments=1, plates=2, wells=24, sites=4, read_sites=64, repeat=5, convert_repeat=3,

@@ -501,14 +501,15 @@ def _section_startup(r: dict[str, Any]) -> list[str]:
     s = r["startup"]
     steps = ("import", "open", "select", "import_dask", "images", "selection_images", "first_site", "first_block",
              "to_lazy_array", "to_first_pixels", "open_again")  # fmt: skip
-    rows = [[p["sites"], p["store"], *(p[f"{step}_ms"] for step in steps), p["materialized_layers"]]
-            for p in s["points"]]  # fmt: skip
+    rows = [[p["sites"], p["store"], *(p[f"{step}_ms"] for step in steps), p["materialized_layers"],
+             f"{_num(p.get('pickled_kb'))} ({_num(p.get('pickled_chunks_kb'))})"] for p in s["points"]]  # fmt: skip
     for row, p in zip(rows, s["points"], strict=True):
         row.append(", ".join(p.get("optional_imported", [])) or "none")
     lines = _table(
         ["sites", "store", "import ms", "open ms", "select ms", "import dask.array ms", "images ms",
          "selection.images ms", "site() ms",
          "images[0] ms", "to lazy array ms", "to first pixels ms", "open again ms", "materialized layers",
+         "pickled KB (chunks)",
          "imported by dask.array"],
         rows,
     )  # fmt: skip
@@ -518,6 +519,11 @@ def _section_startup(r: dict[str, Any]) -> list[str]:
         ["sites", "store", *(f"{step.replace('_', ' ')}" for step in cpu_steps)],
         [[p["sites"], p["store"], *(p.get(f"{step}_cpu_ms") for step in cpu_steps)] for p in s["points"]],
     )
+    shipped = [p for p in s["points"] if "shipped_images_kb" in p]
+    if shipped:
+        lines += ["What a distributed client serializes to compute (KB): `ds.images` / a scan of every site: "
+                  + ", ".join(f"{_num(p['shipped_images_kb'])} / {_num(p['shipped_scan_kb'])} at {p['sites']:,} sites"
+                              for p in shipped) + ".", ""]  # fmt: skip
     for p in s["points"]:
         if "requests_per_run" in p:
             counts = ", ".join(f"{n} {method}" for method, n in sorted(p["requests_per_run"].items()))

@@ -58,7 +58,9 @@ mark()
 rxrx2_zarr.open(sys.argv[1], storage_options=options)
 mark()
 layers = images.__dask_graph__().layers
+import pickle
 out = {"sites": len(ds), "selected": len(selection), "layers": len(layers),
+       "pickled_bytes": len(pickle.dumps(images)), "pickled_chunks_bytes": len(pickle.dumps(images.chunks)),
        "materialized": sum(bool(layer.is_materialized()) for layer in layers.values()),
        "same": bool((block[0] == pixels).all()),
        "optional_imported": sorted(m for m in ("xarray", "scipy", "pandas") if m in sys.modules)}
@@ -113,6 +115,9 @@ def _startup_point(
         # CPU time of this process (all its threads): less sensitive than wall time to other jobs on the machine
         point[f"{step}_cpu_ms"] = round(median([sample[f"{step}_cpu_s"] for sample in samples]) * 1e3, 1)
     point["graph_layers"] = samples[0]["layers"]
+    # ds.images as a client ships it (pickle of the array: its one layer, the chunks tuple and a Dataset)
+    point["pickled_kb"] = round(samples[0]["pickled_bytes"] / 1024, 1)
+    point["pickled_chunks_kb"] = round(samples[0]["pickled_chunks_bytes"] / 1024, 1)
     point["materialized_layers"] = max(sample["materialized"] for sample in samples)
     point["block_equals_site"] = all(sample["same"] for sample in samples)
     point["optional_imported"] = samples[0]["optional_imported"]
@@ -121,6 +126,24 @@ def _startup_point(
         point["requests_per_run"] = dict(Counter(r.method for r in requests))
         point["objects_read"] = len({r.path for r in requests})
     return point
+
+
+def _shipped_kb(store: str) -> dict[str, float]:
+    """What a distributed client serializes to send (as ``Client.compute`` does: the collection's expression) for
+    ``ds.images`` and for a scan of every site (per-site sums): the first is the array's one layer, chunks tuple
+    and output keys; the second adds dask's reduction, whose layers are materialized per block."""
+    from dask.base import collections_to_expr
+    from distributed.protocol.serialize import serialize, to_serialize
+
+    from rxrx2_zarr._dataset import open as open_store
+
+    images = open_store(store).images
+    sizes = {}
+    scan = images.sum(axis=(1, 2, 3))  # type: ignore[no-untyped-call]
+    for name, collection in (("shipped_images_kb", images), ("shipped_scan_kb", scan)):
+        _, frames = serialize(to_serialize(collections_to_expr([collection])), on_error="raise")  # type: ignore[no-untyped-call]
+        sizes[name] = round(sum(memoryview(frame).nbytes for frame in frames) / 1024, 1)
+    return sizes
 
 
 def _pixel_store(ctx: Context) -> Path:
@@ -176,7 +199,8 @@ def run_startup(ctx: Context) -> dict[str, Any]:
         metadata = pd.read_csv(tree / "metadata.csv", usecols=["site_id", "treatment"])
         treatment = str(metadata["treatment"].value_counts().index[0])
         site_id = str(metadata["site_id"].iloc[0])
-        points.append({"store": "metadata-only", **_startup_point(str(store), treatment, site_id, runs)})
+        point = _startup_point(str(store), treatment, site_id, runs)
+        points.append({"store": "metadata-only", **point, **_shipped_kb(str(store))})
         if other_python and n == max(ctx.metadata_stores):
             point = _startup_point(str(store), treatment, site_id, runs, python=other_python)
             points.append({"store": f"metadata-only, {other_python}", **point})
@@ -190,7 +214,10 @@ def run_startup(ctx: Context) -> dict[str, Any]:
             "lazy array; it also imports the optional modules listed when they are installed), `ds.images` (the graph of "
             "every site, the first in the process), `selection.images`, `ds.site(first)`, `images[0].compute()`; "
             "'to lazy array' is import + open + import dask.array + images, 'to first pixels' import + open + site(); "
-            "'open again' is a second open in the same process (the open's own work, no imports). The package's "
+            "'open again' is a second open in the same process (the open's own work, no imports); 'pickled' is "
+            "`pickle.dumps(ds.images)`, of which 'chunks' is dask's chunks tuple; 'shipped' is what a distributed "
+            "client serializes to compute `ds.images` and a scan of every site (`images.sum(axis=(1, 2, 3))`: dask's "
+            "reduction materializes its layers per block). The package's "
             "bytecode is compiled first, as pip does at install. Wall time; the CPU-time table "
             "(`time.process_time`) counts every thread of the process, so it can exceed the wall time (numpy's BLAS "
             "threads start at its import), but it moves less than wall time with other jobs on a shared machine. Metadata-only stores (`convert "
