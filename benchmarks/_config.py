@@ -71,7 +71,7 @@ MODES: dict[str, Config] = {
         scaling_sites=4,
     ),
     "quick": Config(
-        mode="quick", size=1024, experiments=1, plates=1, wells=8, sites=4, read_sites=16, repeat=3, convert_repeat=2,
+        mode="quick", size=1024, experiments=1, plates=1, wells=6, sites=4, read_sites=16, repeat=3, convert_repeat=1,
         crop=256, codec_sites=2, codec_inner=(256, 512, 1024), startup_sizes=(1_000, 10_000), open_repeat=5,
         startup_runs=5, scaling_sites=4,
     ),

@@ -67,6 +67,7 @@ class _EmbeddingsBlock:
         self.dataset = dataset
 
     def __call__(self, block_id: tuple[int, ...] | None = None) -> npt.NDArray[np.float32]:
+        # block_id is always (0, 0): the one block of the layer, which passes every task its block index
         matrix = self.dataset.embeddings
         if matrix is None:  # the view only has this variable when the store has embeddings
             raise TypeError("the store has no embeddings")
