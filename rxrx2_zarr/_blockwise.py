@@ -5,6 +5,7 @@ Imported when a lazy array is first built (it imports dask, which ``open()`` doe
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,13 @@ class _BlockIds(ArrayBlockIdDep):
         return (_BlockIds, (self.chunks, self.name))
 
 
+#: Marks the tasks as reading data (as ``da.from_array`` does), on dask versions whose ``blockwise`` takes the flag:
+#: on older ones any other keyword would be passed on to every task's call.
+_PRODUCER: dict[str, bool] = (
+    {"_data_producer": True} if "_data_producer" in inspect.signature(blockwise).parameters else {}
+)
+
+
 @normalize_token.register(_BlockIds)  # type: ignore[untyped-decorator, no-untyped-call]
 def _normalize_block_ids(dep: _BlockIds) -> tuple[str, str]:
     return ("rxrx2-block-ids", dep.name)
@@ -51,7 +59,7 @@ def one_layer_array(
     """
     indices = tuple(range(len(chunks)))
     layer = blockwise(  # type: ignore[no-untyped-call]
-        function, name, indices, _BlockIds(chunks, name), indices, numblocks={}, _data_producer=True
+        function, name, indices, _BlockIds(chunks, name), indices, numblocks={}, **_PRODUCER
     )
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     array: dask.array.Array = Array(graph, name, chunks, meta=np.empty((0,) * len(chunks), dtype=dtype))  # type: ignore[no-untyped-call]
