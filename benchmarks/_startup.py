@@ -115,7 +115,7 @@ def _startup_point(
         # CPU time of this process (all its threads): less sensitive than wall time to other jobs on the machine
         point[f"{step}_cpu_ms"] = round(median([sample[f"{step}_cpu_s"] for sample in samples]) * 1e3, 1)
     point["graph_layers"] = samples[0]["layers"]
-    # ds.images as a client ships it (pickle of the array: its one layer, the chunks tuple and a Dataset)
+    # ds.images pickled (its one layer, the chunks tuple and a Dataset); a client ships more: see _shipped_kb
     point["pickled_kb"] = round(samples[0]["pickled_bytes"] / 1024, 1)
     point["pickled_chunks_kb"] = round(samples[0]["pickled_chunks_bytes"] / 1024, 1)
     point["materialized_layers"] = max(sample["materialized"] for sample in samples)

@@ -580,7 +580,6 @@ def test_images_slice_reads_only_its_shards(store: Path, counting: type[Counting
     np.testing.assert_array_equal(clone.compute(scheduler="sync"), expected)
 
 
-
 def test_lazy_arrays_of_different_selections_compute_together(store: Path) -> None:
     """Two site layers in one graph keep their own block-to-site maps, also when dask fuses them into one task."""
     dataset = open_store(str(store))
@@ -593,6 +592,7 @@ def test_lazy_arrays_of_different_selections_compute_together(store: Path) -> No
     first, last = dask.compute(head.images, tail.images, scheduler="threads")
     np.testing.assert_array_equal(first, dataset.read(ids[:3]))
     np.testing.assert_array_equal(last, dataset.read(ids[-3:]))
+
 
 _IMPORTS_SCRIPT = """
 import json, sys
